@@ -1,0 +1,52 @@
+"""Start, stop and connect to local daemons robustly and without races.
+
+A Python port of Phusion's ``daemon_controller`` Ruby gem::
+
+    from daemon_controller import Daemon
+
+    redis = (
+        Daemon("Redis")
+        .start_with(["redis-server", "redis.conf"])
+        .ping_tcp("127.0.0.1", 6390)
+        .pid("tmp/redis.pid")
+        .log("log/redis.log")
+    )
+    redis.start()   # returns once Redis answers; errors from its log are raised
+    redis.stop()    # returns once the process has exited
+"""
+
+from __future__ import annotations
+
+from ._errors import (
+    AlreadyStarted,
+    ConnectError,
+    DaemonError,
+    StartError,
+    StartTimeout,
+    StopError,
+    StopTimeout,
+)
+from ._probes import CallablePing, CommandPing, HttpPing, Probe, TcpPing, UnixPing
+from ._spec import Daemon, DaemonConfig, DaemonController
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AlreadyStarted",
+    "CallablePing",
+    "CommandPing",
+    "ConnectError",
+    "Daemon",
+    "DaemonConfig",
+    "DaemonController",
+    "DaemonError",
+    "HttpPing",
+    "Probe",
+    "StartError",
+    "StartTimeout",
+    "StopError",
+    "StopTimeout",
+    "TcpPing",
+    "UnixPing",
+    "__version__",
+]

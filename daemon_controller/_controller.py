@@ -1,0 +1,696 @@
+"""The actions: start, stop, restart, connect, is_running, read_pid.
+
+Each action takes a :class:`~daemon_controller.Daemon` (an immutable
+description) and keeps its runtime state (the spawned process, the log offset,
+the deadline) in local objects, so one ``Daemon`` can be used from many threads.
+
+Locking follows the Ruby gem: start, stop and restart hold the lock file
+exclusively throughout; is_running, read_pid and the first connect attempt hold
+it shared, so they see a daemon either before a start or after it, never half-way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+
+from . import _lock, _pidfile, _platform, _process
+from ._errors import AlreadyStarted, ConnectError, StartError, StartTimeout, StopError, StopTimeout
+from ._probes import is_connect_error
+from ._waiting import SYSTEM_CLOCK, Clock, Deadline, poll_until
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from pathlib import Path
+
+    from ._probes import Probe
+    from ._spec import Command, Daemon, DaemonConfig
+
+T = TypeVar("T")
+
+#: At most this much of a log file's new text is kept for an error message.
+_LOG_TAIL_BYTES = 64 * 1024
+#: How long a SIGKILLed process gets to disappear before we stop waiting.
+_KILL_GRACE = 5.0
+
+
+# -- validation ----------------------------------------------------------------------
+
+_PART_HINTS = {
+    "start_command": "start_with(...)",
+    "ping_command": "ping_tcp(...), ping_unix(...), ping_http(...), ping_command(...) or ping(...)",
+    "pid_file": "pid(...)",
+    "log_file": "log(...)",
+}
+
+
+def _require(daemon: Daemon, *parts: str) -> None:
+    missing = [part for part in parts if getattr(daemon.config, part) is None]
+    if missing:
+        hints = "; ".join(f"{part}: set it with .{_PART_HINTS[part]}" for part in missing)
+        msg = f"Daemon '{daemon.name}' is missing {', '.join(missing)} ({hints})"
+        raise ValueError(msg)
+
+
+def _paths(daemon: Daemon) -> tuple[Path, Path]:
+    cfg = daemon.config
+    assert cfg.pid_file is not None  # noqa: S101 - checked by _require
+    lock = cfg.effective_lock_file
+    assert lock is not None  # noqa: S101 - follows from pid_file
+    return cfg.pid_file, lock
+
+
+# -- commands and output ---------------------------------------------------------------
+
+
+def _environment(cfg: DaemonConfig) -> dict[str, str] | None:
+    if not cfg.env:
+        return None
+    return {**os.environ, **dict(cfg.env)}
+
+
+def _popen_args(command: Command) -> tuple[str | Sequence[str], bool]:
+    return (command, True) if isinstance(command, str) else (list(command), False)
+
+
+def _describe_exit(returncode: int) -> tuple[int | None, str | None]:
+    """``(exit_status, signal_name)`` from a ``subprocess`` return code."""
+    if returncode < 0:
+        return None, _platform.signal_name(-returncode)
+    return returncode, None
+
+
+def _read_output(handle: Any) -> str:  # noqa: ANN401 - a binary temporary file
+    handle.seek(0)
+    return str(handle.read().decode("utf-8", errors="replace"))
+
+
+@dataclass(slots=True)
+class _CommandResult:
+    returncode: int | None  # None: killed by us after the timeout
+    output: str
+
+
+def _run_command(cfg: DaemonConfig, command: Command, timeout: float) -> _CommandResult:
+    """Run a stop or restart command to completion, capturing its output.
+
+    Output goes to a temporary file, not a pipe: a command that starts a daemon
+    leaves the daemon holding its stdout, and reading a pipe to EOF would wait
+    for the daemon to exit.
+    """
+    args, shell = _popen_args(command)
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen(
+            args,
+            shell=shell,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=_environment(cfg),
+            cwd=cfg.cwd,
+            **_platform.detach_kwargs(),
+        )
+        try:
+            returncode: int | None = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _platform.force_kill(proc.pid, group=True)
+            proc.wait()
+            returncode = None
+        except BaseException:
+            _platform.force_kill(proc.pid, group=True)
+            proc.wait()
+            raise
+        return _CommandResult(returncode, _read_output(out))
+
+
+class _LogWatch:
+    """Follows the daemon's log file during a start: activity, and the new text.
+
+    A log that does not exist yet counts as empty, so a log created during the
+    start is all new. A log that is not a regular file (``/dev/stderr``, a FIFO)
+    cannot be read back: its text is ``None``.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.readable = str(path) not in _platform.PASSTHROUGH_LOG_PATHS
+        self.offset = 0
+        self.inode: int | None = None
+        self.signature: tuple[int, int] | None = None
+        info = self._stat()
+        if info is not None:
+            if stat.S_ISREG(info.st_mode):
+                self.offset = info.st_size
+                self.inode = info.st_ino
+                self.signature = (info.st_size, info.st_mtime_ns)
+            else:
+                self.readable = False
+
+    def _stat(self) -> os.stat_result | None:
+        try:
+            return os.stat(self.path)
+        except OSError:
+            return None
+
+    def changed(self) -> bool:
+        """Whether the log grew or was touched since the last call."""
+        info = self._stat()
+        signature = None if info is None else (info.st_size, info.st_mtime_ns)
+        if signature != self.signature:
+            self.signature = signature
+            return True
+        return False
+
+    def new_text(self) -> str | None:
+        """What was appended since the start began (its last 64 KiB), or ``None``."""
+        if not self.readable:
+            return None
+        try:
+            with open(self.path, "rb") as f:  # noqa: PTH123 - we need fstat on the handle
+                info = os.fstat(f.fileno())
+                if not stat.S_ISREG(info.st_mode):
+                    return None
+                start = self.offset
+                if info.st_size < start or (self.inode is not None and info.st_ino != self.inode):
+                    start = 0  # truncated or replaced (log rotation): all of it is new
+                start = max(start, info.st_size - _LOG_TAIL_BYTES)
+                f.seek(start)
+                data = f.read(_LOG_TAIL_BYTES)
+        except FileNotFoundError:
+            return ""
+        except OSError:
+            return None
+        return data.decode("utf-8", errors="replace")
+
+
+# -- stopping a process ---------------------------------------------------------------
+
+
+def _terminate(pid: int, grace: float, clock: Clock, *, group: bool = False) -> None:
+    """SIGTERM (or the platform's equivalent), wait ``grace`` seconds, then kill."""
+    term = _platform.parse_signal(_platform.DEFAULT_STOP_SIGNAL)
+    try:
+        _platform.send_signal(pid, term, group=group)
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        return  # not ours to stop
+    if not _process.wait_gone(pid, Deadline(grace, clock), max_interval=0.05):
+        _platform.force_kill(pid, group=group)
+        _process.wait_gone(pid, Deadline(_KILL_GRACE, clock), max_interval=0.05)
+
+
+# -- start ---------------------------------------------------------------------------------
+
+
+class _StartFailed(Exception):
+    """Raised inside the wait loop; turned into a StartError with the output and log."""
+
+    def __init__(self, message: str, *, timeout: float | None = None, **fields: Any) -> None:  # noqa: ANN401 - StartError fields
+        super().__init__(message)
+        self.message = message
+        self.timeout = timeout
+        self.fields = fields
+
+
+class _Start:
+    """One attempt to start a daemon; holds the process and the log offset."""
+
+    def __init__(self, daemon: Daemon, command: Command, clock: Clock) -> None:
+        self.daemon = daemon
+        self.cfg = daemon.config
+        self.command = command
+        self.clock = clock
+        pid_file, _ = _paths(daemon)
+        self.pid_file = pid_file
+        assert self.cfg.log_file is not None  # noqa: S101 - checked by _require
+        assert self.cfg.ping_command is not None  # noqa: S101 - checked by _require
+        self.probe: Probe = self.cfg.ping_command
+        self.log = _LogWatch(self.cfg.log_file)
+        self.detached = self.cfg.daemonize_for_me
+        self.output_file: Any = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.returncode: int | None = None
+        self.pid: int | None = None  # the daemon's PID, once known
+        self.last_activity = 0.0
+        self.deadline = Deadline(self.cfg.start_timeout, clock)
+
+    # spawning ------------------------------------------------------------------
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        args, shell = _popen_args(self.command)
+        log_path = str(self.cfg.log_file)
+        passthrough = log_path in _platform.PASSTHROUGH_LOG_PATHS
+        stdout: Any
+        if passthrough:
+            stdout = None  # the user wants the daemon's output on our terminal
+        elif self.detached:
+            # The program stays in the foreground: its output is its log.
+            stdout = open(log_path, "ab")  # noqa: SIM115, PTH123 - handed to the child, closed below
+        else:
+            self.output_file = tempfile.TemporaryFile()  # noqa: SIM115 - closed in run()
+            stdout = self.output_file
+        try:
+            proc = subprocess.Popen(
+                args,
+                shell=shell,
+                stdin=subprocess.DEVNULL,
+                stdout=stdout,
+                stderr=subprocess.STDOUT if stdout is not None else None,
+                env=_environment(self.cfg),
+                cwd=self.cfg.cwd,
+                close_fds=True,
+                pass_fds=self.cfg.keep_ios,
+                **_platform.detach_kwargs(),
+            )
+        except OSError as err:
+            self._fail_spawn(err)
+        finally:
+            if self.detached and stdout is not None:
+                stdout.close()
+        if self.detached:
+            _process.adopt(proc)
+        return proc
+
+    def _fail_spawn(self, err: OSError) -> NoReturn:
+        msg = (
+            f"Daemon '{self.daemon.name}' failed to start: cannot run {self._command_text()}: {err}"
+        )
+        raise StartError(self.daemon.name, msg, output=None, log=self.log.new_text()) from err
+
+    def _command_text(self) -> str:
+        return self.command if isinstance(self.command, str) else " ".join(self.command)
+
+    # the wait loop ---------------------------------------------------------------
+
+    def _check(self) -> bool | None:
+        """One look at the daemon: ``True`` when ready, ``None`` for "not yet"."""
+        assert self.proc is not None  # noqa: S101 - set in run()
+        if self.returncode is None:
+            self.returncode = self.proc.poll()
+            if self.returncode is not None:
+                self._on_command_exit(self.returncode)
+            elif not self.detached:
+                return None  # the start command has not gone into the background yet
+        pid = self._current_pid()
+        if pid is None:
+            return None
+        if not self.probe.check(min(max(self.deadline.remaining(), 0.001), 1.0)):
+            if not _process.is_alive(pid):
+                self._on_daemon_death(pid)
+            return None
+        if not _process.is_alive(pid):  # a stranger answered the ping
+            self._on_daemon_death(pid)
+        return True
+
+    def _on_command_exit(self, returncode: int) -> None:
+        if returncode == 0 and not self.detached:
+            self.last_activity = self.clock.now()  # the daemon is on its own from now on
+            return
+        if returncode == 0:
+            # A program we daemonized exited "successfully": fine only if it handed
+            # over to a daemon that wrote a PID file (checked in _current_pid).
+            return
+        status, signame = _describe_exit(returncode)
+        what = "the start command" if not self.detached else "the program"
+        raise _StartFailed(
+            f"Daemon '{self.daemon.name}' failed to start: {what} failed.",
+            exit_status=status,
+            signal=signame,
+        )
+
+    def _current_pid(self) -> int | None:
+        """The daemon's PID if known and alive; raises if it is known to have died."""
+        assert self.proc is not None  # noqa: S101 - set in run()
+        written = _pidfile.read_pid(self.pid_file)
+        if written is not None:
+            if _process.is_alive(written):
+                self.pid = written
+                return written
+            if self.pid is None or written == self.pid:
+                self._on_daemon_death(written)
+        if self.pid is not None:
+            # The PID file vanished or is being rewritten; keep watching the PID we know.
+            if _process.is_alive(self.pid):
+                return self.pid
+            self._on_daemon_death(self.pid)
+        if self.detached:
+            if self.returncode is None:
+                self.pid = self.proc.pid
+                return self.pid
+            raise _StartFailed(
+                f"Daemon '{self.daemon.name}' failed to start: the program exited "
+                "before it answered pings and wrote no PID file.",
+                exit_status=self.returncode,
+            )
+        # Gone into the background, no PID file yet: is it still doing something?
+        if self.log.changed():
+            self.last_activity = self.clock.now()
+        elif self.clock.now() - self.last_activity > self.cfg.log_file_activity_timeout:
+            raise _StartFailed(
+                f"Daemon '{self.daemon.name}' failed to start: no PID file at "
+                f"{str(self.pid_file)!r} and no new log output for "
+                f"{self.cfg.log_file_activity_timeout:g} s; it seems to have exited after "
+                "going into the background.",
+                timeout=self.cfg.log_file_activity_timeout,
+            )
+        return None
+
+    def _on_daemon_death(self, pid: int) -> NoReturn:
+        status = _process.reap(pid)
+        exit_status, signame = _describe_exit(status) if status is not None else (None, None)
+        raise _StartFailed(
+            f"Daemon '{self.daemon.name}' failed to start: its process (PID {pid}) exited "
+            f"before it answered {self.probe.describe()}.",
+            exit_status=exit_status,
+            signal=signame,
+            pid=pid,
+        )
+
+    # the whole start -------------------------------------------------------------
+
+    def run(self) -> None:
+        logger = self.cfg.logger
+        logger.info("Starting daemon '%s': %s", self.daemon.name, self._command_text())
+        try:
+            self.proc = self._spawn()
+            self.last_activity = self.clock.now()
+            ready = poll_until(
+                self._check,
+                deadline=self.deadline,
+                max_interval=self.cfg.ping_interval,
+            )
+            if not ready:
+                self._timed_out()
+        except _StartFailed as failure:
+            self._abort()
+            raise self._error(failure) from None
+        except BaseException:
+            self._abort()
+            self._close_output()
+            raise
+        if self.detached and _pidfile.read_pid(self.pid_file) is None and self.pid is not None:
+            # Many programs refuse to start when their PID file exists, so we
+            # write it only now, and only if the program wrote none itself.
+            _pidfile.write(self.pid_file, self.pid)
+        self._close_output()
+        logger.info(
+            "Daemon '%s' is ready (PID %s) after %.3f s",
+            self.daemon.name,
+            self.pid,
+            self.deadline.elapsed(),
+        )
+
+    def _timed_out(self) -> NoReturn:
+        timeout = self.cfg.start_timeout
+        name = self.daemon.name
+        if self.returncode is None and not self.detached:
+            message = (
+                f"Daemon '{name}' did not start within {timeout:g} s: the start command "
+                "is still running. It seems to stay in the foreground instead of going "
+                "into the background; if so, use .daemonize_for_me() (or "
+                "daemonize_for_me=True) and the library will detach it for you."
+            )
+        elif self.pid is None:
+            message = (
+                f"Daemon '{name}' did not start within {timeout:g} s: no PID file "
+                f"appeared at {str(self.pid_file)!r}."
+            )
+        else:
+            message = (
+                f"Daemon '{name}' did not start within {timeout:g} s: PID {self.pid} "
+                f"did not answer {self.probe.describe()}."
+            )
+        raise _StartFailed(message, timeout=timeout, pid=self.pid)
+
+    def _abort(self) -> None:
+        """Stop whatever this start created: the command, and the daemon if known."""
+        grace = self.cfg.start_abort_timeout
+        if self.proc is not None and self.proc.poll() is None:
+            _terminate(self.proc.pid, grace, self.clock, group=True)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=_KILL_GRACE)
+        pid = _pidfile.read_pid(self.pid_file)
+        for candidate in {pid, self.pid} - {None}:
+            assert candidate is not None  # noqa: S101 - for the type checker
+            if _process.is_alive(candidate):
+                self.cfg.logger.warning(
+                    "Daemon '%s': stopping PID %d after a failed start",
+                    self.daemon.name,
+                    candidate,
+                )
+                _terminate(candidate, grace, self.clock)
+        if pid is not None and not _process.is_alive(pid):
+            _pidfile.remove_if_names(self.pid_file, pid)
+        _process.reap_all()
+
+    def _error(self, failure: _StartFailed) -> StartError:
+        output = None
+        if self.output_file is not None:
+            output = _read_output(self.output_file)
+        self._close_output()
+        fields = {"output": output, "log": self.log.new_text(), **failure.fields}
+        error: StartError
+        if failure.timeout is not None:
+            error = StartTimeout(
+                self.daemon.name, failure.message, timeout=failure.timeout, **fields
+            )
+        else:
+            error = StartError(self.daemon.name, failure.message, **fields)
+        self.cfg.logger.debug("Daemon '%s' failed to start: %r", self.daemon.name, error)
+        return error
+
+    def _close_output(self) -> None:
+        if self.output_file is not None:
+            self.output_file.close()
+            self.output_file = None
+
+
+def _resolve_start_command(daemon: Daemon) -> Command:
+    from ._spec import _command  # noqa: PLC0415 - _spec imports this module
+
+    command = daemon.config.start_command
+    if callable(command):
+        command = _command(daemon.name, "the start command function's result", command())
+    assert command is not None  # noqa: S101 - checked by _require
+    return command
+
+
+def _start_locked(daemon: Daemon, clock: Clock) -> None:
+    pid_file, _ = _paths(daemon)
+    running = _pidfile.live_pid(pid_file)
+    if running is not None:
+        raise AlreadyStarted(daemon.name, running)
+    _pidfile.remove(pid_file)  # leftover from a crash, or stale
+    if daemon.config.before_start is not None:
+        daemon.config.before_start()
+    _Start(daemon, _resolve_start_command(daemon), clock).run()
+
+
+_START_PARTS = ("start_command", "ping_command", "pid_file", "log_file")
+
+
+def start(daemon: Daemon, clock: Clock = SYSTEM_CLOCK) -> None:
+    """See :meth:`Daemon.start`."""
+    _require(daemon, *_START_PARTS)
+    _, lock = _paths(daemon)
+    with _lock.locked(lock, daemon.name, shared=False):
+        _start_locked(daemon, clock)
+
+
+# -- stop ------------------------------------------------------------------------------------
+
+
+def _request_stop(daemon: Daemon, pid: int | None, deadline: Deadline) -> bool:
+    """Ask the daemon to stop (stop command or signal); ``False`` if there is nothing to do."""
+    cfg = daemon.config
+    name = daemon.name
+    if cfg.stop_command is not None:
+        if pid is None and cfg.dont_stop_if_pid_file_invalid:
+            cfg.logger.info("Daemon '%s' is not running; not running its stop command", name)
+            return False
+        cfg.logger.info("Stopping daemon '%s' with its stop command", name)
+        result = _run_command(cfg, cfg.stop_command, deadline.remaining())
+        if result.returncode is not None and result.returncode != 0:
+            status, signame = _describe_exit(result.returncode)
+            msg = f"Daemon '{name}' could not be stopped: the stop command failed."
+            raise StopError(
+                name, msg, output=result.output, exit_status=status, signal=signame, pid=pid
+            )
+        return True
+    if pid is None:
+        return False
+    cfg.logger.info("Stopping daemon '%s' (PID %d)", name, pid)
+    try:
+        _platform.send_signal(pid, _platform.parse_signal(cfg.stop_graceful_signal))
+    except ProcessLookupError:
+        pass
+    except PermissionError as err:
+        msg = (
+            f"Daemon '{name}' could not be stopped: no permission to signal PID {pid} "
+            "(it belongs to another user)."
+        )
+        raise StopError(name, msg, pid=pid) from err
+    return True
+
+
+def _stop_locked(daemon: Daemon, clock: Clock) -> None:
+    cfg = daemon.config
+    pid_file, _ = _paths(daemon)
+    deadline = Deadline(cfg.stop_timeout, clock)
+    pid = _pidfile.live_pid(pid_file)
+    if pid is None:
+        _remove_stale(pid_file)
+    if not _request_stop(daemon, pid, deadline):
+        return
+    if pid is not None:
+        gone = _process.wait_gone(pid, deadline, max_interval=cfg.ping_interval)
+    else:
+        gone = bool(
+            poll_until(
+                lambda: True if _pidfile.live_pid(pid_file) is None else None,
+                deadline=deadline,
+                max_interval=cfg.ping_interval,
+            ),
+        )
+    if not gone:
+        _force_stop(daemon, pid, clock)
+    if pid is not None:
+        _pidfile.remove_if_names(pid_file, pid)
+    cfg.logger.info("Daemon '%s' stopped after %.3f s", daemon.name, deadline.elapsed())
+
+
+def _force_stop(daemon: Daemon, pid: int | None, clock: Clock) -> NoReturn:
+    cfg = daemon.config
+    pid_file, _ = _paths(daemon)
+    victim = pid if pid is not None else _pidfile.live_pid(pid_file)
+    cfg.logger.warning(
+        "Daemon '%s' did not exit within %g s; killing PID %s",
+        daemon.name,
+        cfg.stop_timeout,
+        victim,
+    )
+    if victim is not None:
+        _platform.force_kill(victim)
+        _process.wait_gone(victim, Deadline(_KILL_GRACE, clock), max_interval=0.05)
+    _pidfile.remove(pid_file)
+    msg = (
+        f"Daemon '{daemon.name}' did not exit within {cfg.stop_timeout:g} s and was killed"
+        f" (PID {victim})."
+    )
+    raise StopTimeout(daemon.name, msg, timeout=cfg.stop_timeout, pid=victim)
+
+
+def _remove_stale(pid_file: Path) -> None:
+    """Remove the PID file if it names a process that is not (or no longer) ours."""
+    if _pidfile.read_pid(pid_file) is not None:
+        _pidfile.remove(pid_file)
+
+
+def stop(daemon: Daemon, clock: Clock = SYSTEM_CLOCK) -> None:
+    """See :meth:`Daemon.stop`."""
+    _require(daemon, "pid_file")
+    _, lock = _paths(daemon)
+    with _lock.locked(lock, daemon.name, shared=False):
+        _stop_locked(daemon, clock)
+
+
+# -- restart ---------------------------------------------------------------------------------
+
+
+def restart(daemon: Daemon, clock: Clock = SYSTEM_CLOCK) -> None:
+    """See :meth:`Daemon.restart`: atomic, under one exclusive lock."""
+    cfg = daemon.config
+    if cfg.restart_command is None:
+        _require(daemon, *_START_PARTS)
+        _, lock = _paths(daemon)
+        with _lock.locked(lock, daemon.name, shared=False):
+            _stop_locked(daemon, clock)
+            _start_locked(daemon, clock)
+        return
+    _require(daemon, "ping_command", "pid_file")
+    pid_file, lock = _paths(daemon)
+    assert cfg.ping_command is not None  # noqa: S101 - checked by _require
+    probe = cfg.ping_command
+    with _lock.locked(lock, daemon.name, shared=False):
+        deadline = Deadline(cfg.start_timeout, clock)
+        cfg.logger.info("Restarting daemon '%s' with its restart command", daemon.name)
+        result = _run_command(cfg, cfg.restart_command, deadline.remaining())
+        if result.returncode != 0:
+            status, signame = (
+                (None, None) if result.returncode is None else _describe_exit(result.returncode)
+            )
+            msg = f"Daemon '{daemon.name}' could not be restarted: the restart command failed."
+            raise StartError(
+                daemon.name, msg, output=result.output, exit_status=status, signal=signame
+            )
+
+        def ready() -> bool | None:
+            return True if _pidfile.live_pid(pid_file) is not None and probe.check(0.5) else None
+
+        if not poll_until(ready, deadline=deadline, max_interval=cfg.ping_interval):
+            msg = (
+                f"Daemon '{daemon.name}' did not answer {probe.describe()} within "
+                f"{cfg.start_timeout:g} s after its restart command."
+            )
+            raise StartTimeout(daemon.name, msg, timeout=cfg.start_timeout, output=result.output)
+
+
+# -- queries ---------------------------------------------------------------------------------
+
+
+def _live_pid_locked(daemon: Daemon) -> int | None:
+    pid_file, lock = _paths(daemon)
+    with _lock.locked(lock, daemon.name, shared=True, missing_dir_ok=True):
+        pid = _pidfile.live_pid(pid_file)
+        if pid is None:
+            _remove_stale(pid_file)
+        return pid
+
+
+def is_running(daemon: Daemon) -> bool:
+    """See :meth:`Daemon.is_running`."""
+    _require(daemon, "pid_file")
+    return _live_pid_locked(daemon) is not None
+
+
+def read_pid(daemon: Daemon) -> int | None:
+    """See :meth:`Daemon.read_pid`."""
+    _require(daemon, "pid_file")
+    return _live_pid_locked(daemon)
+
+
+# -- connect ---------------------------------------------------------------------------------
+
+
+def _attempt(function: Callable[[], T | None]) -> tuple[T | None, OSError | None]:
+    try:
+        return function(), None
+    except OSError as err:
+        if is_connect_error(err):
+            return None, err
+        raise
+
+
+def connect(daemon: Daemon, function: Callable[[], T | None], clock: Clock = SYSTEM_CLOCK) -> T:
+    """See :meth:`Daemon.connect`."""
+    _require(daemon, *_START_PARTS)
+    pid_file, lock = _paths(daemon)
+    with _lock.locked(lock, daemon.name, shared=True):
+        result, _ = _attempt(function)
+    if result is not None:
+        return result
+    with _lock.locked(lock, daemon.name, shared=False):
+        if _pidfile.live_pid(pid_file) is None:
+            _start_locked(daemon, clock)
+        result, error = _attempt(function)
+    if result is not None:
+        return result
+    detail = f": {error} ({type(error).__name__})" if error is not None else ""
+    msg = f"Daemon '{daemon.name}' is running but cannot be connected to{detail}"
+    raise ConnectError(daemon.name, msg) from error

@@ -1,0 +1,160 @@
+"""Exceptions raised by daemon_controller.
+
+The hierarchy::
+
+    DaemonError
+    ├── AlreadyStarted
+    ├── ConnectError
+    ├── StartError ── StartTimeout   (also a builtin TimeoutError)
+    └── StopError  ── StopTimeout    (also a builtin TimeoutError)
+
+Every exception carries the data it talks about as attributes (``identifier``,
+``output``, ``log``, ``exit_status``, ``signal``, ``pid``) and builds its text in
+``__str__`` from them, so a handler can inspect the failure without parsing the
+message. All of them survive pickling (for multiprocessing and pytest-xdist).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class DaemonError(Exception):
+    """Base class of every error this library raises on purpose.
+
+    Attributes:
+        identifier: The daemon's human-readable name.
+        message: The first line of the text: what went wrong.
+    """
+
+    def __init__(self, identifier: str, message: str) -> None:
+        super().__init__(identifier, message)
+        self.identifier = identifier
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+    def _state(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuild from the attribute dict: keyword-only constructors and
+        # subclasses with extra fields all round-trip the same way.
+        return (_rebuild, (type(self), self._state()))
+
+
+def _rebuild(cls: type[DaemonError], state: dict[str, Any]) -> DaemonError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, state.get("identifier"), state.get("message"))
+    err.__dict__.update(state)
+    return err
+
+
+class AlreadyStarted(DaemonError):
+    """``start()`` found the daemon already running.
+
+    Attributes:
+        pid: The PID of the running daemon, from its PID file.
+    """
+
+    def __init__(self, identifier: str, pid: int) -> None:
+        super().__init__(identifier, f"Daemon '{identifier}' is already running (PID {pid})")
+        self.pid = pid
+
+
+class ConnectError(DaemonError):
+    """``connect()`` could not connect, even after making sure the daemon runs.
+
+    The exception that the connect function raised last, if any, is chained as
+    ``__cause__``.
+    """
+
+
+class _CommandFailure(DaemonError):
+    """Shared shape of start and stop failures: output, log lines, exit status."""
+
+    def __init__(
+        self,
+        identifier: str,
+        message: str,
+        *,
+        output: str | None = None,
+        log: str | None = None,
+        exit_status: int | None = None,
+        signal: str | None = None,
+        pid: int | None = None,
+        reason: str | None = None,
+    ) -> None:
+        super().__init__(identifier, message)
+        self.output = output
+        self.log = log
+        self.exit_status = exit_status
+        self.signal = signal
+        self.pid = pid
+        self.reason = reason
+
+    def __str__(self) -> str:
+        parts = [self.message]
+        body = [text.rstrip("\n") for text in (self.output, self.log) if text and text.strip()]
+        parts.extend(body)
+        summary: list[str] = []
+        if not body:
+            summary.append("logs not available" if self.log is None else "logs empty")
+        if self.signal is not None:
+            summary.append(f"terminated with signal {self.signal}")
+        elif self.exit_status is not None:
+            summary.append(f"exited with status {self.exit_status}")
+        if self.reason:
+            summary.append(self.reason)
+        if summary:
+            parts.append(f"({'; '.join(summary)})")
+        return "\n".join(parts)
+
+
+class StartError(_CommandFailure):
+    """The daemon could not be started.
+
+    Attributes:
+        output: What the start command printed (stdout and stderr together), or
+            ``None`` when it was not captured (its output went to our own
+            terminal, or the library daemonized the program itself).
+        log: The text the daemon appended to its log file during the start;
+            ``""`` when there was none, ``None`` when the log is not a regular
+            file (for example ``/dev/stderr``).
+        exit_status: The start command's (or the daemon's) exit status, or
+            ``None`` when it was killed by a signal or is unknown.
+        signal: The name of the signal that killed it (``"SIGXCPU"``), or ``None``.
+        pid: The daemon's PID when one was known.
+        reason: A short phrase for the summary line (``"timed out"``).
+    """
+
+
+class StartTimeout(StartError, TimeoutError):
+    """The daemon did not become ready in time; whatever the start created was stopped.
+
+    Attributes:
+        timeout: The limit that ran out, in seconds.
+    """
+
+    def __init__(self, identifier: str, message: str, *, timeout: float, **kwargs: Any) -> None:  # noqa: ANN401 - forwards the StartError fields
+        kwargs.setdefault("reason", "timed out")
+        super().__init__(identifier, message, **kwargs)
+        self.timeout = timeout
+
+
+class StopError(_CommandFailure):
+    """The daemon could not be stopped (the stop command failed, or we may not signal it)."""
+
+
+class StopTimeout(StopError, TimeoutError):
+    """The daemon did not exit in time after the graceful stop; it was killed.
+
+    Attributes:
+        timeout: The limit that ran out, in seconds.
+    """
+
+    def __init__(self, identifier: str, message: str, *, timeout: float, **kwargs: Any) -> None:  # noqa: ANN401 - forwards the StopError fields
+        kwargs.setdefault("reason", "timed out")
+        super().__init__(identifier, message, **kwargs)
+        self.timeout = timeout

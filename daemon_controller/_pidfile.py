@@ -1,0 +1,116 @@
+"""Reading, validating and removing PID files.
+
+A PID file is trusted only as far as it can be checked: the PID is the first
+line (PostgreSQL's ``postmaster.pid`` has more lines; they are ignored), it must
+be a plain decimal number in the range of real PIDs, and it must not name PID 0
+or 1, this process or its parent: signalling any of those would hit something we
+did not start. Anything else (missing, empty, binary, huge, a directory, a FIFO,
+unreadable) reads as "no PID", never as an exception.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import stat
+import tempfile
+from typing import TYPE_CHECKING
+
+from . import _process
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+#: Only this much of a PID file is read: a PID and its newline fit easily.
+_READ_LIMIT = 4096
+#: ``kill()`` takes a C int; anything larger is not a PID on any platform.
+_MAX_PID = 2**31 - 1
+_DECIMAL = re.compile(rb"[0-9]{1,10}")
+#: A process's recorded creation time may be this much later than the moment it
+#: wrote its PID file (boot time is computed in whole seconds on Linux).
+_CLOCK_SLACK = 2.0
+
+
+def parse_pid(data: bytes) -> int | None:
+    """Return the PID in the first line of ``data``, or ``None`` if it is not a safe one."""
+    first = data.split(b"\n", 1)[0].strip()
+    if not _DECIMAL.fullmatch(first):
+        return None
+    pid = int(first)
+    if pid <= 1 or pid > _MAX_PID or pid in (os.getpid(), os.getppid()):
+        return None
+    return pid
+
+
+def _read(path: Path) -> tuple[bytes, float] | None:
+    """The first bytes of a regular file and its mtime, or ``None``."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return None  # a directory, FIFO or device is not a PID file
+        return os.read(fd, _READ_LIMIT), info.st_mtime
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def read_pid(path: Path) -> int | None:
+    """The PID recorded in the file, without checking whether it runs."""
+    content = _read(path)
+    return None if content is None else parse_pid(content[0])
+
+
+def live_pid(path: Path) -> int | None:
+    """The PID in the file if that process is alive and could have written the file.
+
+    A process created after the file was last written cannot be the one that
+    wrote it: its PID was reused after the daemon died. That reads as "not
+    running", just like a dead PID.
+    """
+    content = _read(path)
+    if content is None:
+        return None
+    data, mtime = content
+    pid = parse_pid(data)
+    if pid is None or not _process.is_alive(pid):
+        return None
+    created = _process.create_time(pid)
+    if created is not None and created > mtime + _CLOCK_SLACK:
+        return None
+    return pid
+
+
+def remove(path: Path) -> None:
+    """Delete the PID file if it is a file (never a directory); missing is fine."""
+    with contextlib.suppress(OSError):
+        if not path.is_dir() or path.is_symlink():
+            path.unlink()
+
+
+def remove_if_names(path: Path, pid: int) -> None:
+    """Delete the PID file only if it still names ``pid`` (nobody rewrote it)."""
+    if read_pid(path) == pid:
+        remove(path)
+
+
+def write(path: Path, pid: int) -> None:
+    """Write ``pid`` atomically: a temporary file in the same directory, then rename.
+
+    A rename replaces a symlink at ``path`` instead of writing through it.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{pid}\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

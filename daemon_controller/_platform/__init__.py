@@ -1,0 +1,47 @@
+"""Everything that differs between operating systems, behind one interface.
+
+Only this package looks at ``sys.platform`` (a check type checkers understand).
+Both implementations import everywhere; called on the wrong OS they raise
+``NotImplementedError``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+if sys.platform == "win32":
+    from ._windows import (
+        DEFAULT_STOP_SIGNAL,
+        FORCE_SIGNAL_NAME,
+        PASSTHROUGH_LOG_PATHS,
+        detach_kwargs,
+        force_kill,
+        parse_signal,
+        send_signal,
+        signal_name,
+        wait_exit,
+    )
+else:
+    from ._posix import (
+        DEFAULT_STOP_SIGNAL,
+        FORCE_SIGNAL_NAME,
+        PASSTHROUGH_LOG_PATHS,
+        detach_kwargs,
+        force_kill,
+        parse_signal,
+        send_signal,
+        signal_name,
+        wait_exit,
+    )
+
+__all__ = [
+    "DEFAULT_STOP_SIGNAL",
+    "FORCE_SIGNAL_NAME",
+    "PASSTHROUGH_LOG_PATHS",
+    "detach_kwargs",
+    "force_kill",
+    "parse_signal",
+    "send_signal",
+    "signal_name",
+    "wait_exit",
+]

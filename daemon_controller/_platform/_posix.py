@@ -1,0 +1,124 @@
+"""POSIX process control: signals and detached spawning."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import select
+import signal
+import sys
+from typing import Any
+
+DEFAULT_STOP_SIGNAL = "TERM"
+FORCE_SIGNAL_NAME = "SIGKILL"
+_WRONG_OS = "POSIX process control is not available on Windows"
+
+#: Log paths that mean "our own terminal": output written there is not a file
+#: we can read back, so the start command's output is not captured either.
+PASSTHROUGH_LOG_PATHS = frozenset(
+    {"/dev/stdout", "/dev/stderr", "/proc/self/fd/1", "/proc/self/fd/2"},
+)
+
+
+
+
+def parse_signal(value: str | int) -> int:
+    """Turn ``"TERM"``, ``"SIGTERM"``, ``15`` or ``signal.SIGTERM`` into a signal number.
+
+    Raises:
+        ValueError: The name or number is not a signal on this platform.
+    """
+    if sys.platform == "win32":  # pragma: no cover - the other OS
+        raise NotImplementedError(_WRONG_OS)
+    if isinstance(value, int):
+        try:
+            return int(signal.Signals(value))
+        except ValueError:
+            msg = f"{value} is not a signal number on this platform"
+            raise ValueError(msg) from None
+    name = value.strip().upper()
+    if not name.startswith("SIG"):
+        name = "SIG" + name
+    try:
+        return int(signal.Signals[name])
+    except KeyError:
+        msg = f"{value!r} is not a signal name on this platform"
+        raise ValueError(msg) from None
+
+
+def signal_name(signum: int) -> str:
+    """Return ``"SIGXCPU"`` for ``signal.SIGXCPU``, or ``"signal N"`` if unknown."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def send_signal(pid: int, signum: int, *, group: bool = False) -> None:
+    """Send ``signum`` to ``pid``, or to the process group it leads.
+
+    Raises:
+        ProcessLookupError: No such process.
+        PermissionError: The process belongs to somebody we may not signal.
+    """
+    if sys.platform == "win32":  # pragma: no cover - the other OS
+        raise NotImplementedError(_WRONG_OS)
+    if pid <= 1:  # never the whole session, init, or "every process we may signal"
+        msg = f"refusing to signal PID {pid}"
+        raise ValueError(msg)
+    if group:
+        os.killpg(pid, signum)
+    else:
+        os.kill(pid, signum)
+
+
+def force_kill(pid: int, *, group: bool = False) -> None:
+    """Kill ``pid`` (or its group) with SIGKILL; already gone is not an error."""
+    if sys.platform == "win32":  # pragma: no cover - the other OS
+        raise NotImplementedError(_WRONG_OS)
+    with contextlib.suppress(ProcessLookupError):
+        send_signal(pid, signal.SIGKILL, group=group)
+
+
+def detach_kwargs() -> dict[str, Any]:
+    """``subprocess.Popen`` arguments that put the child in a session of its own.
+
+    A new session means our terminal's Ctrl-C (SIGINT to the foreground process
+    group) does not reach the daemon, and the whole group can be signalled.
+    """
+    if sys.platform == "win32":  # pragma: no cover - the other OS
+        raise NotImplementedError(_WRONG_OS)
+    return {"start_new_session": True}
+
+
+def wait_exit(pid: int, timeout: float) -> bool | None:
+    """Block until ``pid`` exits, for at most ``timeout`` seconds, as an event.
+
+    Uses a pidfd (Linux >= 5.3), which becomes readable the moment the process
+    exits, whether or not it has been reaped yet, so a zombie counts as exited.
+    (psutil's ``wait()`` keeps polling a zombie that is not our child until PID 1
+    reaps it, which on some machines takes seconds.)
+
+    Returns:
+        ``True`` if the process has exited, ``False`` if the timeout passed
+        first, ``None`` if this platform cannot wait by event (the caller
+        polls instead).
+    """
+    if sys.platform == "win32":  # pragma: no cover - the other OS
+        raise NotImplementedError(_WRONG_OS)
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is None:
+        return None
+    try:
+        pidfd = pidfd_open(pid, 0)
+    except OSError as err:
+        if err.errno == errno.ESRCH:
+            return True
+        return None  # EMFILE, ENOSYS, seccomp: fall back to polling
+    try:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        return bool(poller.poll(max(0, int(timeout * 1000))))
+    finally:
+        os.close(pidfd)

@@ -1,0 +1,110 @@
+"""Windows process control: console control events and detached spawning."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import subprocess
+import sys
+from typing import Any
+
+import psutil
+
+DEFAULT_STOP_SIGNAL = "CTRL_BREAK_EVENT"
+FORCE_SIGNAL_NAME = "TerminateProcess"
+_WRONG_OS = "Windows process control is only available on Windows"
+
+PASSTHROUGH_LOG_PATHS = frozenset({"CON", "CONOUT$"})
+
+_NAMES = {"CTRL_BREAK_EVENT", "CTRL_C_EVENT", "SIGTERM", "SIGINT", "SIGBREAK"}
+
+
+
+
+def parse_signal(value: str | int) -> int:
+    """Turn ``"CTRL_BREAK_EVENT"``, ``"TERM"`` or a number into what ``os.kill`` takes.
+
+    Raises:
+        ValueError: Not a signal or console event Windows knows.
+    """
+    if sys.platform != "win32":  # pragma: no cover - the other OS
+        raise NotImplementedError(_WRONG_OS)
+    if isinstance(value, int):
+        return value
+    name = value.strip().upper()
+    if name in {"TERM", "INT", "BREAK"}:
+        name = "SIG" + name
+    if name not in _NAMES:
+        msg = f"{value!r} is not a signal or console event on Windows"
+        raise ValueError(msg)
+    return int(getattr(signal, name))
+
+
+def signal_name(signum: int) -> str:
+    """Return a readable name for a signal or console event number."""
+    for name in sorted(_NAMES):
+        if getattr(signal, name, None) == signum:
+            return name
+    return f"signal {signum}"
+
+
+def send_signal(pid: int, signum: int, *, group: bool = False) -> None:
+    """Deliver a console control event, or terminate for SIGTERM.
+
+    CTRL_BREAK_EVENT reaches a process started with CREATE_NEW_PROCESS_GROUP (as
+    we start daemons) and lets it shut down cleanly; ``os.kill`` with any other
+    value calls TerminateProcess. ``group`` makes no difference: a console event
+    already reaches the whole process group.
+    """
+    if sys.platform != "win32":  # pragma: no cover - the other OS
+        raise NotImplementedError(_WRONG_OS)
+    del group
+    try:
+        psutil.Process(pid).send_signal(signum)
+    except psutil.NoSuchProcess as err:
+        raise ProcessLookupError(pid) from err
+    except psutil.AccessDenied as err:
+        raise PermissionError(pid) from err
+
+
+def force_kill(pid: int, *, group: bool = False) -> None:
+    """TerminateProcess ``pid`` (and, with ``group``, its children); gone is not an error."""
+    if sys.platform != "win32":  # pragma: no cover - the other OS
+        raise NotImplementedError(_WRONG_OS)
+    try:
+        process = psutil.Process(pid)
+        victims = [*process.children(recursive=True), process] if group else [process]
+    except psutil.NoSuchProcess:
+        return
+    for victim in victims:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            victim.kill()
+
+
+def detach_kwargs() -> dict[str, Any]:
+    """``subprocess.Popen`` arguments for a detached child in its own process group."""
+    if sys.platform != "win32":  # pragma: no cover - the other OS
+        raise NotImplementedError(_WRONG_OS)
+    flags = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0) | getattr(
+        subprocess,
+        "DETACHED_PROCESS",
+        0,
+    )
+    return {"creationflags": flags}
+
+
+def wait_exit(pid: int, timeout: float) -> bool | None:
+    """Block until ``pid`` exits, for at most ``timeout`` seconds (WaitForSingleObject).
+
+    Returns:
+        ``True`` if the process has exited, ``False`` if the timeout passed first.
+    """
+    if sys.platform != "win32":  # pragma: no cover - the other OS
+        raise NotImplementedError(_WRONG_OS)
+    try:
+        psutil.Process(pid).wait(timeout)
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.TimeoutExpired:
+        return False
+    return True

@@ -1,0 +1,223 @@
+"""Readiness checks ("pings"): can the daemon be connected to right now?
+
+Each probe is a small frozen object whose ``check(timeout)`` returns ``True``
+when the daemon answers and ``False`` when it does not (yet). Errors that mean
+"nobody is listening yet" are a plain ``False``; anything else (a bug in a
+user's ping function) propagates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import http.client
+import socket
+import subprocess
+import urllib.parse
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+_CONNECT_ERRNOS = frozenset(
+    {errno.ENETUNREACH, errno.EADDRNOTAVAIL, errno.EINVAL, errno.EHOSTUNREACH},
+)
+
+
+def is_connect_error(exc: BaseException) -> bool:
+    """Whether ``exc`` means "the daemon cannot be connected to (yet)".
+
+    These are the errors the Ruby gem treats as "not running": refused, reset,
+    timed out, no such socket file, network or address unavailable, and EINVAL
+    (what some systems report for a connect to a half-closed socket).
+    """
+    if isinstance(
+        exc,
+        ConnectionRefusedError
+        | ConnectionResetError
+        | ConnectionAbortedError
+        | TimeoutError
+        | FileNotFoundError,
+    ):
+        return True
+    return isinstance(exc, OSError) and exc.errno in _CONNECT_ERRNOS
+
+
+def close_quietly(obj: object) -> None:
+    """Call ``obj.close()`` if it has one, ignoring whatever it raises."""
+    close = getattr(obj, "close", None)
+    if callable(close):
+        with contextlib.suppress(Exception):
+            close()
+
+
+class Probe(Protocol):
+    """Something that can tell whether the daemon is ready."""
+
+    def check(self, timeout: float) -> bool:
+        """Return whether the daemon answers, waiting at most ``timeout`` seconds."""
+        ...
+
+    def describe(self) -> str:
+        """A short description for messages, e.g. ``tcp://127.0.0.1:6379``."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class TcpPing:
+    """Ready when a TCP connect to ``host:port`` succeeds on any address it resolves to."""
+
+    host: str
+    port: int
+
+    def __post_init__(self) -> None:
+        if (
+            not isinstance(self.port, int)
+            or isinstance(self.port, bool)
+            or not (
+                0 < self.port < 65536  # noqa: PLR2004 - the TCP port range
+            )
+        ):
+            msg = f"TCP port must be an int from 1 to 65535, not {self.port!r}"
+            raise ValueError(msg)
+
+    def check(self, timeout: float) -> bool:
+        """Try each address ``host`` resolves to (IPv4 and IPv6) in turn."""
+        try:
+            infos = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
+        except socket.gaierror:
+            return False
+        for family, kind, proto, _name, address in infos:
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.settimeout(max(timeout, 0.001))
+                sock.connect(address)
+            except OSError:
+                continue
+            else:
+                return True
+            finally:
+                sock.close()
+        return False
+
+    def describe(self) -> str:
+        """``tcp://host:port``."""
+        return f"tcp://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class UnixPing:
+    """Ready when a connect to the unix socket at ``path`` succeeds."""
+
+    path: Path
+
+    def check(self, timeout: float) -> bool:
+        """Connect to the socket file."""
+        family = getattr(socket, "AF_UNIX", None)
+        if family is None:  # pragma: no cover - Windows builds without AF_UNIX
+            return False
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(max(timeout, 0.001))
+            sock.connect(str(self.path))
+        except OSError:
+            return False
+        else:
+            return True
+        finally:
+            sock.close()
+
+    def describe(self) -> str:
+        """``unix://path``."""
+        return f"unix://{self.path}"
+
+
+@dataclass(frozen=True, slots=True)
+class HttpPing:
+    """Ready when a GET of ``url`` answers with a 2xx or 3xx status."""
+
+    url: str
+
+    def __post_init__(self) -> None:
+        parts = urllib.parse.urlsplit(self.url)
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            msg = f"ping_http needs an http:// or https:// URL with a host, not {self.url!r}"
+            raise ValueError(msg)
+
+    def check(self, timeout: float) -> bool:
+        """Send one GET and look at the status line."""
+        parts = urllib.parse.urlsplit(self.url)
+        conn_class = (
+            http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        )
+        conn = conn_class(parts.netloc, timeout=max(timeout, 0.001))
+        path = parts.path or "/"
+        if parts.query:
+            path += "?" + parts.query
+        try:
+            conn.request("GET", path, headers={"Connection": "close"})
+            status = conn.getresponse().status
+        except (OSError, http.client.HTTPException):
+            return False
+        finally:
+            conn.close()
+        return 200 <= status < 400  # noqa: PLR2004 - 2xx and 3xx
+
+    def describe(self) -> str:
+        """The URL."""
+        return self.url
+
+
+@dataclass(frozen=True, slots=True)
+class CommandPing:
+    """Ready when the command exits with status 0 (a str runs through the shell)."""
+
+    command: str | tuple[str, ...]
+
+    def check(self, timeout: float) -> bool:
+        """Run the command, discarding its output."""
+        try:
+            result = subprocess.run(
+                self.command,
+                shell=isinstance(self.command, str),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=max(timeout, 0.1),
+                check=False,
+            )
+        except (subprocess.TimeoutExpired, OSError):
+            return False
+        return result.returncode == 0
+
+    def describe(self) -> str:
+        """The command line."""
+        return self.command if isinstance(self.command, str) else " ".join(self.command)
+
+
+@dataclass(frozen=True, slots=True)
+class CallablePing:
+    """Ready when the function returns something truthy.
+
+    A result with a ``close()`` method (a socket, say) is closed; errors from
+    ``close()`` are ignored. A connect error raised by the function is "not ready".
+    """
+
+    function: Callable[[], Any]
+
+    def check(self, timeout: float) -> bool:  # noqa: ARG002 - the function sets its own timeouts
+        """Call the function."""
+        try:
+            result = self.function()
+        except OSError as err:
+            if is_connect_error(err):
+                return False
+            raise
+        close_quietly(result)
+        return bool(result)
+
+    def describe(self) -> str:
+        """The function's name."""
+        return getattr(self.function, "__qualname__", repr(self.function))

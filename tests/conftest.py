@@ -1,0 +1,123 @@
+"""Shared fixtures: a factory for echo-server daemons, and a sweeper for leftovers.
+
+Every process a test starts through :func:`echo` carries the environment
+variable ``DC_TEST_ID`` with a value unique to that test. After the test, the
+``_sweep`` fixture kills every live process that carries it (found through
+psutil, so it also finds daemons that double-forked or whose PID file is gone)
+and fails the test if it had to: a test must clean up after itself, and a test
+that crashed must not leave a daemon running for the next one.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from echo_server import echo_command, free_port  # noqa: E402
+
+from daemon_controller import Daemon  # noqa: E402
+
+MARKER = "DC_TEST_ID"
+
+
+def marked_processes(marker: str) -> list[psutil.Process]:
+    """Live (non-zombie) processes whose environment has ``DC_TEST_ID=marker``."""
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        if proc.pid == os.getpid():
+            continue
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if proc.environ().get(MARKER) == marker:
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def kill_all(procs: list[psutil.Process]) -> None:
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(procs, timeout=5)
+
+
+@pytest.fixture
+def test_id() -> str:
+    return uuid.uuid4().hex
+
+
+@pytest.fixture(autouse=True)
+def _sweep(test_id: str, request: pytest.FixtureRequest):
+    yield
+    left = marked_processes(test_id)
+    if left:
+        descr = ", ".join(f"{p.pid} {p.info.get('name', '')}" for p in left)
+        kill_all(left)
+        if not request.node.get_closest_marker("allow_leftovers"):
+            pytest.fail(f"test left processes running (killed now): {descr}")
+
+
+@pytest.fixture
+def port() -> int:
+    return free_port()
+
+
+class EchoFactory:
+    """Builds echo-server ``Daemon`` objects in a test's temporary directory."""
+
+    def __init__(self, tmp_path: Path, test_id: str) -> None:
+        self.tmp_path = tmp_path
+        self.test_id = test_id
+        self.pid_file = tmp_path / "echo.pid"
+        self.log_file = tmp_path / "echo.log"
+
+    def __call__(self, *args: str, port: int | None = None, name: str = "echo") -> Daemon:
+        """A daemon running ``echo_server.py --port PORT --pid-file --log-file ARGS``."""
+        port = port if port is not None else free_port()
+        self.port = port
+        command = echo_command(
+            "--port",
+            str(port),
+            "--pid-file",
+            str(self.pid_file),
+            "--log-file",
+            str(self.log_file),
+            *args,
+        )
+        return (
+            Daemon(name)
+            .start_with(command)
+            .ping_tcp("127.0.0.1", port)
+            .pid(self.pid_file)
+            .log(self.log_file)
+            .start_timeout(15)
+            .stop_timeout(10)
+            .start_abort_timeout(3)
+            .env({MARKER: self.test_id})
+        )
+
+    def marked(self) -> list[psutil.Process]:
+        """Live processes started by this test."""
+        return marked_processes(self.test_id)
+
+
+@pytest.fixture
+def echo(tmp_path: Path, test_id: str) -> EchoFactory:
+    return EchoFactory(tmp_path, test_id)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "allow_leftovers: the test kills its processes on purpose late"
+    )
