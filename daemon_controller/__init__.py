@@ -17,6 +17,7 @@ A Python port of Phusion's ``daemon_controller`` Ruby gem::
 
 from __future__ import annotations
 
+from ._decorators import requires
 from ._errors import (
     AlreadyStarted,
     ConnectError,
@@ -27,6 +28,7 @@ from ._errors import (
     StopTimeout,
 )
 from ._probes import CallablePing, CommandPing, HttpPing, Probe, TcpPing, UnixPing
+from ._scoped import Running
 from ._spec import Daemon, DaemonConfig, DaemonController
 
 __version__ = "0.1.0"
@@ -42,6 +44,7 @@ __all__ = [
     "DaemonError",
     "HttpPing",
     "Probe",
+    "Running",
     "StartError",
     "StartTimeout",
     "StopError",
@@ -49,4 +52,5 @@ __all__ = [
     "TcpPing",
     "UnixPing",
     "__version__",
+    "requires",
 ]

@@ -19,7 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
-from . import _lock, _pidfile, _platform, _process
+from . import _failures, _lock, _pidfile, _platform, _process
 from ._errors import AlreadyStarted, ConnectError, StartError, StartTimeout, StopError, StopTimeout
 from ._probes import is_connect_error
 from ._waiting import SYSTEM_CLOCK, Clock, Deadline, poll_until
@@ -677,17 +677,57 @@ def _attempt(function: Callable[[], T | None]) -> tuple[T | None, OSError | None
         raise
 
 
+def _ensure_running_locked(daemon: Daemon, since: int, clock: Clock) -> bool:
+    pid_file, lock = _paths(daemon)
+    if _pidfile.live_pid(pid_file) is not None:
+        return False
+    shared = _failures.recorded_since(lock, since)
+    if shared is not None:
+        daemon.config.logger.info(
+            "Daemon '%s': the start this call waited for failed; not retrying", daemon.name
+        )
+        raise shared
+    try:
+        _start_locked(daemon, clock)
+    except StartError as err:
+        _failures.write(lock, err)
+        raise
+    _failures.clear(lock)
+    return True
+
+
+def ensure_running(daemon: Daemon, since: int, clock: Clock = SYSTEM_CLOCK) -> bool:
+    """Start the daemon unless it runs; share a failure with those who waited for it.
+
+    Args:
+        daemon: The daemon.
+        since: When the caller began waiting (``_failures.now()``): a start
+            attempt that failed after that moment is the one the caller was
+            waiting for, so its error is raised again instead of spawning anew.
+        clock: The clock for the start's deadlines.
+
+    Returns:
+        ``True`` if this call started the daemon, ``False`` if it was running.
+    """
+    _require(daemon, *_START_PARTS)
+    _, lock = _paths(daemon)
+    with _lock.locked(lock, daemon.name, shared=False):
+        return _ensure_running_locked(daemon, since, clock)
+
+
 def connect(daemon: Daemon, function: Callable[[], T | None], clock: Clock = SYSTEM_CLOCK) -> T:
     """See :meth:`Daemon.connect`."""
     _require(daemon, *_START_PARTS)
-    pid_file, lock = _paths(daemon)
+    _, lock = _paths(daemon)
     with _lock.locked(lock, daemon.name, shared=True):
         result, _ = _attempt(function)
     if result is not None:
         return result
+    since = _failures.now()
+    # As in the gem, the second attempt runs under the exclusive lock, so no
+    # stop() can slip in between the start and the connection.
     with _lock.locked(lock, daemon.name, shared=False):
-        if _pidfile.live_pid(pid_file) is None:
-            _start_locked(daemon, clock)
+        _ensure_running_locked(daemon, since, clock)
         result, error = _attempt(function)
     if result is not None:
         return result

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import portalocker
 
@@ -54,6 +54,62 @@ def _open(path: Path, identifier: str) -> int | None:
         raise DaemonError(identifier, msg) from err
 
 
+class Held:
+    """An open lock file with a lock on it; ``release()`` drops both."""
+
+    __slots__ = ("_handle",)
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self._handle: BinaryIO | None = handle
+
+    def release(self) -> None:
+        """Unlock and close; calling it twice is harmless."""
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            try:
+                portalocker.unlock(handle)
+            finally:
+                handle.close()
+
+
+def _missing_dir(path: Path, identifier: str) -> DaemonError:
+    msg = (
+        f"Daemon '{identifier}': cannot create lock file {str(path)!r}: "
+        f"directory {str(path.parent)!r} does not exist. Create it, or choose "
+        "another path with .lock(path)."
+    )
+    return DaemonError(identifier, msg)
+
+
+def acquire(path: Path, identifier: str, *, shared: bool, blocking: bool = True) -> Held | None:
+    """Lock ``path`` (created if missing, never truncated).
+
+    Returns:
+        The held lock, or ``None`` if ``blocking`` is false and somebody else
+        holds a conflicting lock.
+
+    Raises:
+        DaemonError: The lock file cannot be created (its directory is missing
+            or not writable, or it is a symlink).
+    """
+    fd = _open(path, identifier)
+    if fd is None:
+        raise _missing_dir(path, identifier)
+    handle = os.fdopen(fd, "r+b", buffering=0)
+    flags = portalocker.LockFlags.SHARED if shared else portalocker.LockFlags.EXCLUSIVE
+    if not blocking:
+        flags |= portalocker.LockFlags.NON_BLOCKING
+    try:
+        portalocker.lock(handle, flags)
+    except portalocker.AlreadyLocked:
+        handle.close()
+        return None
+    except BaseException:
+        handle.close()
+        raise
+    return Held(handle)
+
+
 @contextlib.contextmanager
 def locked(
     path: Path,
@@ -76,21 +132,12 @@ def locked(
         DaemonError: The lock file cannot be created (its directory is missing
             or not writable, or it is a symlink).
     """
-    fd = _open(path, identifier)
-    if fd is None:
-        if missing_dir_ok:
-            yield
-            return
-        msg = (
-            f"Daemon '{identifier}': cannot create lock file {str(path)!r}: "
-            f"directory {str(path.parent)!r} does not exist. Create it, or choose "
-            "another path with .lock(path)."
-        )
-        raise DaemonError(identifier, msg)
-    with os.fdopen(fd, "r+b", buffering=0) as handle:
-        flags = portalocker.LockFlags.SHARED if shared else portalocker.LockFlags.EXCLUSIVE
-        portalocker.lock(handle, flags)
-        try:
-            yield
-        finally:
-            portalocker.unlock(handle)
+    if missing_dir_ok and not path.parent.is_dir():
+        yield
+        return
+    held = acquire(path, identifier, shared=shared)
+    assert held is not None  # noqa: S101 - a blocking acquire returns a lock
+    try:
+        yield
+    finally:
+        held.release()

@@ -23,6 +23,7 @@ from typing import Any, Self, TypeVar
 
 from . import _controller, _platform
 from ._probes import CallablePing, CommandPing, HttpPing, Probe, TcpPing, UnixPing
+from ._scoped import Running
 
 T = TypeVar("T")
 
@@ -139,7 +140,7 @@ class DaemonConfig:
         return self.pid_file.with_name(self.pid_file.name + ".lock")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class Daemon:
     """A daemon: how to start, ping, find and stop it. Immutable; build it fluently.
 
@@ -156,6 +157,15 @@ class Daemon:
         if not isinstance(self.name, str) or not self.name.strip():
             msg = f"a daemon needs a non-empty name, not {self.name!r}"
             raise ValueError(msg)
+
+    def __repr__(self) -> str:
+        cfg = self.config
+        parts = [repr(self.name)]
+        if cfg.ping_command is not None:
+            parts.append(f"ping={cfg.ping_command.describe()}")
+        if cfg.pid_file is not None:
+            parts.append(f"pid={str(cfg.pid_file)!r}")
+        return f"Daemon({', '.join(parts)})"
 
     @property
     def identifier(self) -> str:
@@ -366,6 +376,25 @@ class Daemon:
     def read_pid(self) -> int | None:
         """The PID of the running daemon, or ``None`` (missing, corrupt or stale PID file)."""
         return _controller.read_pid(self)
+
+    def running(self, stop: bool | None = None) -> Running:
+        """A block (``with`` or ``async with``) during which the daemon runs.
+
+        Entering starts the daemon unless it runs (several threads or
+        processes entering at once start it once; if that start fails, all who
+        waited for it get the same ``StartError``). Also usable as a decorator.
+
+        Args:
+            stop: ``None`` (default): on leaving, stop the daemon only if a
+                ``running()`` block started it and no block in any thread or
+                process is still inside. ``True``: stop it on leaving, whatever
+                else is inside. ``False``: never stop it, but count as a user
+                while inside, so ``stop=None`` blocks leave it running.
+
+        Returns:
+            A context manager yielding this ``Daemon``.
+        """
+        return Running(self, stop)
 
     def connect(self, function: Callable[[], T | None]) -> T:
         """Call ``function`` to connect, starting the daemon first if it is not running.

@@ -12,10 +12,12 @@ symlink-safe ``_pidfile.write``.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 import psutil
 import pytest
@@ -24,10 +26,8 @@ from hypothesis import strategies as st
 
 from daemon_controller import Daemon, _pidfile
 
-if TYPE_CHECKING:
-    from pathlib import Path
-
 _SPECIAL = {os.getpid(), os.getppid()}
+_REPO = Path(__file__).resolve().parent.parent
 
 
 def _daemon(pid_file: Path) -> Daemon:
@@ -133,18 +133,50 @@ def test_fifo_at_pid_path_does_not_hang(tmp_path: Path) -> None:
     assert fifo.exists()
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files regardless of mode 000")
-def test_unreadable_pid_file_is_not_running(tmp_path: Path, test_id: str) -> None:
+_UNREADABLE_CHECK = """
+import os, sys
+from daemon_controller import Daemon
+daemon = Daemon("unreadable").pid(sys.argv[1])
+os.setgroups([]); os.setgid(65534); os.setuid(65534)  # root would read mode 000 files
+try:
+    open(sys.argv[1]).close()
+except PermissionError:
+    pass
+else:
+    sys.exit("the PID file is readable after dropping privileges")
+print(daemon.is_running(), daemon.read_pid())
+"""
+
+
+def test_unreadable_pid_file_is_not_running(test_id: str) -> None:
     proc = _sleeper(test_id)
+    # A directory others can enter: as root the check runs as "nobody".
+    directory = Path(tempfile.mkdtemp(prefix="dc-unreadable-"))
     try:
-        pid_file = tmp_path / "d.pid"
+        directory.chmod(0o777)
+        pid_file = directory / "d.pid"
         pid_file.write_text(f"{proc.pid}\n")
         pid_file.chmod(0)
-        daemon = _daemon(pid_file)
-        assert daemon.is_running() is False
-        assert daemon.read_pid() is None
+        if os.geteuid() == 0:
+            result = subprocess.run(
+                [sys.executable, "-c", _UNREADABLE_CHECK, str(pid_file)],
+                cwd=_REPO,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert result.returncode == 0, result.stderr
+            assert result.stdout.split() == ["False", "None"]
+        else:
+            daemon = _daemon(pid_file)
+            assert daemon.is_running() is False
+            assert daemon.read_pid() is None
+        assert pid_file.exists()
+        assert proc.poll() is None
     finally:
         _stop_sleeper(proc)
+        shutil.rmtree(directory)
 
 
 # -- valid PID files ---------------------------------------------------------------------

@@ -21,8 +21,6 @@ PASSTHROUGH_LOG_PATHS = frozenset(
 )
 
 
-
-
 def parse_signal(value: str | int) -> int:
     """Turn ``"TERM"``, ``"SIGTERM"``, ``15`` or ``signal.SIGTERM`` into a signal number.
 

@@ -19,8 +19,6 @@ PASSTHROUGH_LOG_PATHS = frozenset({"CON", "CONOUT$"})
 _NAMES = {"CTRL_BREAK_EVENT", "CTRL_C_EVENT", "SIGTERM", "SIGINT", "SIGBREAK"}
 
 
-
-
 def parse_signal(value: str | int) -> int:
     """Turn ``"CTRL_BREAK_EVENT"``, ``"TERM"`` or a number into what ``os.kill`` takes.
 

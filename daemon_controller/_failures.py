@@ -1,0 +1,85 @@
+"""Sharing one failed start with everybody who was waiting for it.
+
+When eight processes enter ``running()`` on a daemon that cannot start, the
+first one tries and fails; the seven others were queued on the lock waiting for
+that very attempt. The Ruby gem lets each of them try again in turn, eight
+failed spawns in a row. We record the failure next to the lock file instead, and
+a caller that began waiting before the failure raises the recorded error
+(same output and log lines) without spawning again. A caller that arrives after
+the failure is a fresh attempt and tries again.
+
+The record is JSON with plain fields (never a pickle: the file is outside our
+control) and is written atomically, only while holding the exclusive lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import time
+from typing import TYPE_CHECKING, Any
+
+from ._errors import StartError, StartTimeout
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+_FIELDS = ("output", "log", "exit_status", "signal", "pid", "reason")
+
+
+def record_path(lock_file: Path) -> Path:
+    """Where the failure of the last start attempt is recorded."""
+    return lock_file.with_name(lock_file.name + ".failure")
+
+
+def now() -> int:
+    """The cross-process clock the records use (wall clock, nanoseconds)."""
+    return time.time_ns()
+
+
+def write(lock_file: Path, error: StartError) -> None:
+    """Record ``error`` as the outcome of the start attempt that just ended."""
+    record: dict[str, Any] = {
+        "failed_at": now(),
+        "kind": "StartTimeout" if isinstance(error, StartTimeout) else "StartError",
+        "identifier": error.identifier,
+        "message": error.message,
+        **{name: getattr(error, name) for name in _FIELDS},
+    }
+    if isinstance(error, StartTimeout):
+        record["timeout"] = error.timeout
+    path = record_path(lock_file)
+    with contextlib.suppress(OSError):  # sharing is an optimisation; never fail a start on it
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(record, f)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+
+def clear(lock_file: Path) -> None:
+    """Forget the last failure (a start succeeded)."""
+    with contextlib.suppress(OSError):
+        record_path(lock_file).unlink()
+
+
+def recorded_since(lock_file: Path, since: int) -> StartError | None:
+    """The recorded failure if it happened after ``since`` (from :func:`now`)."""
+    try:
+        with record_path(lock_file).open(encoding="utf-8") as f:
+            record = json.load(f)
+        if not isinstance(record, dict) or int(record["failed_at"]) < since:
+            return None
+        fields = {name: record.get(name) for name in _FIELDS}
+        identifier, message = str(record["identifier"]), str(record["message"])
+        if record.get("kind") == "StartTimeout":
+            return StartTimeout(identifier, message, timeout=float(record["timeout"]), **fields)
+        return StartError(identifier, message, **fields)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -1,0 +1,107 @@
+"""Deadlines and polling in virtual time, and the platform boundary."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from daemon_controller import _platform
+from daemon_controller._platform import _posix, _windows
+from daemon_controller._waiting import Deadline, poll_until
+
+
+class FakeClock:
+    """Virtual time: sleeping moves the clock forward at once."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+        self.sleeps: list[float] = []
+
+    def now(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.t += seconds
+
+
+def test_poll_returns_first_result_without_sleeping():
+    clock = FakeClock()
+    assert poll_until(lambda: 42, deadline=Deadline(5, clock), max_interval=0.1) == 42
+    assert clock.sleeps == []
+
+
+def test_poll_backs_off_from_a_millisecond_to_the_interval():
+    clock = FakeClock()
+    calls = []
+
+    def check():
+        calls.append(clock.now())
+        return "ready" if len(calls) == 12 else None
+
+    assert poll_until(check, deadline=Deadline(60, clock), max_interval=0.1) == "ready"
+    assert clock.sleeps[0] == pytest.approx(0.001)
+    assert all(b >= a for a, b in zip(clock.sleeps, clock.sleeps[1:], strict=False))
+    assert max(clock.sleeps) == pytest.approx(0.1)
+
+
+def test_poll_never_sleeps_past_the_deadline_and_checks_once_more_at_it():
+    clock = FakeClock()
+    calls = []
+
+    def check():
+        calls.append(clock.now())
+
+    assert poll_until(check, deadline=Deadline(1.05, clock), max_interval=0.5) is None
+    assert calls[-1] == pytest.approx(1001.05)
+    assert sum(clock.sleeps) == pytest.approx(1.05)
+
+
+def test_poll_propagates_exceptions():
+    clock = FakeClock()
+
+    def check():
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        poll_until(check, deadline=Deadline(1, clock), max_interval=0.1)
+
+
+def test_deadline_without_limit():
+    d = Deadline(None, FakeClock())
+    assert d.remaining() == float("inf")
+    assert not d.expired()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX machine needed")
+def test_windows_module_refuses_on_posix():
+    with pytest.raises(NotImplementedError):
+        _windows.parse_signal("CTRL_BREAK_EVENT")
+    with pytest.raises(NotImplementedError):
+        _windows.send_signal(12345, 15)
+    with pytest.raises(NotImplementedError):
+        _windows.detach_kwargs()
+
+
+@pytest.mark.skipif(sys.platform != "win32", reason="Windows machine needed")
+def test_posix_module_refuses_on_windows():  # pragma: win32 cover
+    with pytest.raises(NotImplementedError):
+        _posix.parse_signal("TERM")
+
+
+@pytest.mark.parametrize("value", ["TERM", "SIGTERM", "term", 15])
+def test_parse_signal_accepts_names_and_numbers(value):
+    if sys.platform == "win32":
+        pytest.skip("POSIX signal names")
+    assert _platform.parse_signal(value) == 15
+
+
+@pytest.mark.parametrize("pid", [0, 1, -1, -5])
+def test_never_signals_pid_0_1_or_negative(pid):
+    if sys.platform == "win32":
+        pytest.skip("POSIX")
+    with pytest.raises(ValueError, match="refusing"):
+        _platform.send_signal(pid, 0)
+    with pytest.raises(ValueError, match="refusing"):
+        _platform.force_kill(pid)
