@@ -19,9 +19,9 @@ import tempfile
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
-from . import _failures, _lock, _pidfile, _platform, _process
+from . import _failures, _lock, _pidfile, _platform, _process, _tracking
 from ._errors import AlreadyStarted, ConnectError, StartError, StartTimeout, StopError, StopTimeout
-from ._probes import is_connect_error
+from ._probes import holder, is_connect_error
 from ._waiting import SYSTEM_CLOCK, Clock, Deadline, poll_until
 
 if TYPE_CHECKING:
@@ -37,6 +37,8 @@ T = TypeVar("T")
 _LOG_TAIL_BYTES = 64 * 1024
 #: How long a SIGKILLed process gets to disappear before we stop waiting.
 _KILL_GRACE = 5.0
+#: "Everything the start created has exited" must hold this long to count.
+_ALL_GONE_CONFIRM = 0.015
 
 
 # -- validation ----------------------------------------------------------------------
@@ -68,10 +70,13 @@ def _paths(daemon: Daemon) -> tuple[Path, Path]:
 # -- commands and output ---------------------------------------------------------------
 
 
-def _environment(cfg: DaemonConfig) -> dict[str, str] | None:
-    if not cfg.env:
+def _environment(cfg: DaemonConfig, marker: str | None = None) -> dict[str, str] | None:
+    if not cfg.env and marker is None:
         return None
-    return {**os.environ, **dict(cfg.env)}
+    env = {**os.environ, **dict(cfg.env)}
+    if marker is not None:
+        env[_tracking.MARKER] = marker
+    return env
 
 
 def _popen_args(command: Command) -> tuple[str | Sequence[str], bool]:
@@ -239,6 +244,9 @@ class _Start:
         self.pid: int | None = None  # the daemon's PID, once known
         self.last_activity = 0.0
         self.deadline = Deadline(self.cfg.start_timeout, clock)
+        self.marker = _tracking.new_marker()
+        self.tracker: _tracking.Descendants | None = None
+        self.all_gone_since: float | None = None
 
     # spawning ------------------------------------------------------------------
 
@@ -262,7 +270,7 @@ class _Start:
                 stdin=subprocess.DEVNULL,
                 stdout=stdout,
                 stderr=subprocess.STDOUT if stdout is not None else None,
-                env=_environment(self.cfg),
+                env=_environment(self.cfg, self.marker),
                 cwd=self.cfg.cwd,
                 close_fds=True,
                 pass_fds=self.cfg.keep_ios,
@@ -348,7 +356,8 @@ class _Start:
                 "before it answered pings and wrote no PID file.",
                 exit_status=self.returncode,
             )
-        # Gone into the background, no PID file yet: is it still doing something?
+        # Gone into the background, no PID file yet: is anything of it still alive?
+        self._check_descendants()
         if self.log.changed():
             self.last_activity = self.clock.now()
         elif self.clock.now() - self.last_activity > self.cfg.log_file_activity_timeout:
@@ -360,6 +369,29 @@ class _Start:
                 timeout=self.cfg.log_file_activity_timeout,
             )
         return None
+
+    def _check_descendants(self) -> None:
+        """Fail at once when every process the start command created has exited.
+
+        Seen twice, a few milliseconds apart, so that a process caught between
+        two forks is not mistaken for a dead daemon.
+        """
+        assert self.tracker is not None  # noqa: S101 - set in run()
+        if self.tracker.any_alive():
+            self.all_gone_since = None
+            return
+        now = self.clock.now()
+        if self.all_gone_since is None:
+            self.all_gone_since = now
+            return
+        if now - self.all_gone_since < _ALL_GONE_CONFIRM:
+            return
+        if _pidfile.read_pid(self.pid_file) is not None:
+            return  # it wrote its PID file just now; the next look decides
+        raise _StartFailed(
+            f"Daemon '{self.daemon.name}' failed to start: it exited after going into "
+            f"the background, without writing its PID file {str(self.pid_file)!r}.",
+        )
 
     def _on_daemon_death(self, pid: int) -> NoReturn:
         status = _process.reap(pid)
@@ -379,6 +411,7 @@ class _Start:
         logger.info("Starting daemon '%s': %s", self.daemon.name, self._command_text())
         try:
             self.proc = self._spawn()
+            self.tracker = _tracking.Descendants(self.marker, self.proc.pid)
             self.last_activity = self.clock.now()
             ready = poll_until(
                 self._check,
@@ -429,24 +462,33 @@ class _Start:
         raise _StartFailed(message, timeout=timeout, pid=self.pid)
 
     def _abort(self) -> None:
-        """Stop whatever this start created: the command, and the daemon if known."""
+        """Stop everything this start created: the command, the daemon, their children.
+
+        SIGTERM, ``start_abort_timeout`` seconds, then SIGKILL; found through the
+        PID file and the environment marker (see ``_tracking``), so a daemon that
+        double-forked into its own session is found too.
+        """
         grace = self.cfg.start_abort_timeout
-        if self.proc is not None and self.proc.poll() is None:
-            _terminate(self.proc.pid, grace, self.clock, group=True)
+        tracker = self.tracker
+        written = _pidfile.read_pid(self.pid_file)
+        if tracker is not None:
+            for pid in {written, self.pid} - {None}:
+                assert pid is not None  # noqa: S101 - for the type checker
+                tracker.adopt(pid)
+            victims = tracker.terminate(grace, self.clock)
+            if victims:
+                self.cfg.logger.warning(
+                    "Daemon '%s': stopped PIDs %s after a failed start",
+                    self.daemon.name,
+                    ", ".join(map(str, sorted(victims))),
+                )
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                _platform.force_kill(self.proc.pid, group=True)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=_KILL_GRACE)
-        pid = _pidfile.read_pid(self.pid_file)
-        for candidate in {pid, self.pid} - {None}:
-            assert candidate is not None  # noqa: S101 - for the type checker
-            if _process.is_alive(candidate):
-                self.cfg.logger.warning(
-                    "Daemon '%s': stopping PID %d after a failed start",
-                    self.daemon.name,
-                    candidate,
-                )
-                _terminate(candidate, grace, self.clock)
-        if pid is not None and not _process.is_alive(pid):
-            _pidfile.remove_if_names(self.pid_file, pid)
+        if written is not None and not _process.is_alive(written):
+            _pidfile.remove_if_names(self.pid_file, written)
         _process.reap_all()
 
     def _error(self, failure: _StartFailed) -> StartError:
@@ -481,12 +523,34 @@ def _resolve_start_command(daemon: Daemon) -> Command:
     return command
 
 
+def _refuse_stranger(daemon: Daemon) -> None:
+    """Fail if something already answers the ping although our daemon is not running.
+
+    Otherwise the new daemon would fail to bind (or worse, start() would report
+    success because the stranger answers) and the caller would talk to
+    whatever holds the port.
+    """
+    probe = daemon.config.ping_command
+    assert probe is not None  # noqa: S101 - checked by _require
+    if not probe.check(0.5):
+        return
+    who = holder(probe)
+    where = f" by {who}" if who else ""
+    msg = (
+        f"Daemon '{daemon.name}' cannot be started: {probe.describe()} is already answered"
+        f"{where}, which is not the process in its PID file "
+        f"{str(daemon.config.pid_file)!r}. Stop that process or use another address."
+    )
+    raise StartError(daemon.name, msg, reason="address in use", ran=False)
+
+
 def _start_locked(daemon: Daemon, clock: Clock) -> None:
     pid_file, _ = _paths(daemon)
     running = _pidfile.live_pid(pid_file)
     if running is not None:
         raise AlreadyStarted(daemon.name, running)
     _pidfile.remove(pid_file)  # leftover from a crash, or stale
+    _refuse_stranger(daemon)
     if daemon.config.before_start is not None:
         daemon.config.before_start()
     _Start(daemon, _resolve_start_command(daemon), clock).run()

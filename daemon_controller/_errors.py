@@ -85,8 +85,10 @@ class _CommandFailure(DaemonError):
         signal: str | None = None,
         pid: int | None = None,
         reason: str | None = None,
+        ran: bool = True,
     ) -> None:
         super().__init__(identifier, message)
+        self.ran = ran
         self.output = output
         self.log = log
         self.exit_status = exit_status
@@ -96,6 +98,8 @@ class _CommandFailure(DaemonError):
 
     def __str__(self) -> str:
         parts = [self.message]
+        if not self.ran:
+            return self.message  # refused before anything was run: no output to show
         body = [text.rstrip("\n") for text in (self.output, self.log) if text and text.strip()]
         parts.extend(body)
         summary: list[str] = []
@@ -127,6 +131,7 @@ class StartError(_CommandFailure):
         signal: The name of the signal that killed it (``"SIGXCPU"``), or ``None``.
         pid: The daemon's PID when one was known.
         reason: A short phrase for the summary line (``"timed out"``).
+        ran: ``False`` when the start was refused before anything was run.
     """
 
 

@@ -47,6 +47,7 @@ def write(lock_file: Path, error: StartError) -> None:
         "identifier": error.identifier,
         "message": error.message,
         **{name: getattr(error, name) for name in _FIELDS},
+        "ran": error.ran,
     }
     if isinstance(error, StartTimeout):
         record["timeout"] = error.timeout
@@ -76,7 +77,8 @@ def recorded_since(lock_file: Path, since: int) -> StartError | None:
             record = json.load(f)
         if not isinstance(record, dict) or int(record["failed_at"]) < since:
             return None
-        fields = {name: record.get(name) for name in _FIELDS}
+        fields: dict[str, Any] = {name: record.get(name) for name in _FIELDS}
+        fields["ran"] = bool(record.get("ran", True))
         identifier, message = str(record["identifier"]), str(record["message"])
         if record.get("kind") == "StartTimeout":
             return StartTimeout(identifier, message, timeout=float(record["timeout"]), **fields)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import threading
 from typing import TYPE_CHECKING, BinaryIO
 
 import portalocker
@@ -110,6 +111,17 @@ def acquire(path: Path, identifier: str, *, shared: bool, blocking: bool = True)
     return Held(handle)
 
 
+#: The daemon locks this thread holds: path -> shared? (True) or exclusive (False).
+_thread_state = threading.local()
+
+
+def _held_here() -> dict[str, bool]:
+    held: dict[str, bool] | None = getattr(_thread_state, "held", None)
+    if held is None:
+        held = _thread_state.held = {}
+    return held
+
+
 @contextlib.contextmanager
 def locked(
     path: Path,
@@ -119,6 +131,10 @@ def locked(
     missing_dir_ok: bool = False,
 ) -> Iterator[None]:
     """Hold the lock file locked for the duration of the block.
+
+    Re-entrant within a thread: code running under the lock (a ``connect()``
+    function, ``before_start``) may call ``is_running()`` or ``read_pid()``
+    without deadlocking on its own lock.
 
     Args:
         path: The lock file; created if missing, never truncated.
@@ -130,14 +146,30 @@ def locked(
 
     Raises:
         DaemonError: The lock file cannot be created (its directory is missing
-            or not writable, or it is a symlink).
+            or not writable, or it is a symlink), or this thread asks for an
+            exclusive lock while holding the shared one (which would deadlock).
     """
+    held_here = _held_here()
+    key = str(path)
+    current = held_here.get(key)
+    if current is not None:
+        if shared or not current:
+            yield  # already held, strongly enough, by this very thread
+            return
+        msg = (
+            f"Daemon '{identifier}': cannot start or stop it from code that runs under "
+            "its shared lock (for example inside the function given to connect()); "
+            "that would wait for itself forever."
+        )
+        raise DaemonError(identifier, msg)
     if missing_dir_ok and not path.parent.is_dir():
         yield
         return
     held = acquire(path, identifier, shared=shared)
     assert held is not None  # noqa: S101 - a blocking acquire returns a lock
+    held_here[key] = shared
     try:
         yield
     finally:
+        del held_here[key]
         held.release()

@@ -221,3 +221,38 @@ class CallablePing:
     def describe(self) -> str:
         """The function's name."""
         return getattr(self.function, "__qualname__", repr(self.function))
+
+
+def holder(probe: Probe) -> str | None:
+    """Which process listens where the probe looks, as ``"PID 123 (redis-server)"``.
+
+    Best effort through psutil: only TCP and unix-socket probes can be matched,
+    and another user's sockets may be invisible without privileges.
+    """
+    import psutil  # noqa: PLC0415 - only needed on this error path
+
+    wanted: int | str
+    if isinstance(probe, TcpPing):
+        kind, wanted = "inet", probe.port
+    elif isinstance(probe, UnixPing):
+        kind, wanted = "unix", str(probe.path)
+    else:
+        return None
+    try:
+        connections = psutil.net_connections(kind=kind)
+    except (psutil.Error, OSError):
+        return None
+    for conn in connections:
+        address: Any = conn.laddr  # a path for unix sockets, (ip, port) for inet
+        matches = (
+            address == wanted
+            if kind == "unix"
+            else bool(address) and address[1] == wanted and conn.status == psutil.CONN_LISTEN
+        )
+        if matches and conn.pid:
+            try:
+                name = psutil.Process(conn.pid).name()
+            except psutil.Error:
+                name = "?"
+            return f"PID {conn.pid} ({name})"
+    return None

@@ -14,14 +14,17 @@ be shared freely between threads.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
 from . import _controller, _platform
+from ._errors import DaemonError
 from ._probes import CallablePing, CommandPing, HttpPing, Probe, TcpPing, UnixPing
 from ._scoped import Running
 
@@ -172,6 +175,38 @@ class Daemon:
         """The daemon's name (the Ruby gem calls it the identifier)."""
         return self.name
 
+    def resolved(self) -> Daemon:
+        """This daemon with default paths filled in, as the actions use it.
+
+        A daemon the library runs in the foreground (``foreground()``,
+        ``daemonize_for_me()``) without ``pid()`` or ``log()`` gets files in a
+        private per-user runtime directory, named after the daemon, so
+        ``Daemon("web").start_with([...]).foreground().ping_tcp(...)`` is a
+        complete description. Other daemons write their PID file where they
+        want; the library must be told where.
+
+        Raises:
+            DaemonError: The runtime directory is not safe to use.
+        """
+        cfg = self.config
+        if not cfg.daemonize_for_me or (cfg.pid_file is not None and cfg.log_file is not None):
+            return self
+        try:
+            base = _platform.runtime_dir()
+        except (OSError, NotImplementedError) as err:
+            msg = f"Daemon '{self.name}': no runtime directory for its default files: {err}"
+            raise DaemonError(self.name, msg) from err
+        slug = re.sub(r"[^a-z0-9._-]+", "-", self.name.lower()).strip("-.") or "daemon"
+        stem = f"{slug[:40]}-{hashlib.sha256(self.name.encode()).hexdigest()[:8]}"
+        return replace(
+            self,
+            config=replace(
+                cfg,
+                pid_file=cfg.pid_file or base / f"{stem}.pid",
+                log_file=cfg.log_file or base / f"{stem}.log",
+            ),
+        )
+
     def _with(self, **changes: Any) -> Self:  # noqa: ANN401 - forwards config fields
         return replace(self, config=replace(self.config, **changes))
 
@@ -303,6 +338,17 @@ class Daemon:
         """
         return self._with(daemonize_for_me=bool(value))
 
+    def foreground(self) -> Self:
+        """The program stays in the foreground and writes no PID file: run it as a daemon.
+
+        The library starts it detached (new session, stdin from /dev/null),
+        sends its stdout and stderr to the log file and writes the PID file
+        itself, atomically, once the program answers its ping. Without
+        ``pid()``/``log()``, both live in a private per-user runtime directory,
+        named after the daemon. The same as :meth:`daemonize_for_me`.
+        """
+        return self._with(daemonize_for_me=True)
+
     def keep_fds(self, *fds: int | Any) -> Self:  # noqa: ANN401 - anything with fileno()
         """File descriptors (ints, or objects with ``fileno()``) the start command inherits."""
         numbers: list[int] = []
@@ -353,7 +399,7 @@ class Daemon:
                 (whatever it started has been stopped).
             DaemonError: The lock file cannot be created.
         """
-        _controller.start(self)
+        _controller.start(self.resolved())
 
     def stop(self) -> None:
         """Stop the daemon and return once its process has exited; silent if not running.
@@ -363,19 +409,19 @@ class Daemon:
             StopError: The stop command failed, or we may not signal the process.
             StopTimeout: It did not exit within ``stop_timeout`` and was killed.
         """
-        _controller.stop(self)
+        _controller.stop(self.resolved())
 
     def restart(self) -> None:
         """Restart with the restart command, or by ``stop()`` then ``start()``."""
-        _controller.restart(self)
+        _controller.restart(self.resolved())
 
     def is_running(self) -> bool:
         """Whether the PID file names a live process (a stale PID file is removed)."""
-        return _controller.is_running(self)
+        return _controller.is_running(self.resolved())
 
     def read_pid(self) -> int | None:
         """The PID of the running daemon, or ``None`` (missing, corrupt or stale PID file)."""
-        return _controller.read_pid(self)
+        return _controller.read_pid(self.resolved())
 
     def running(self, stop: bool | None = None) -> Running:
         """A block (``with`` or ``async with``) during which the daemon runs.
@@ -394,7 +440,7 @@ class Daemon:
         Returns:
             A context manager yielding this ``Daemon``.
         """
-        return Running(self, stop)
+        return Running(self.resolved(), stop)
 
     def connect(self, function: Callable[[], T | None]) -> T:
         """Call ``function`` to connect, starting the daemon first if it is not running.
@@ -410,7 +456,7 @@ class Daemon:
             ConnectError: Still no connection after starting the daemon.
             StartError: The daemon had to be started and failed.
         """
-        return _controller.connect(self, function)
+        return _controller.connect(self.resolved(), function)
 
 
 def _ping_from_option(identifier: str, value: object) -> Probe:

@@ -171,8 +171,15 @@ def _dead_pid() -> str:
 
 @pytest.mark.parametrize(
     "content",
-    [_dead_pid, lambda: "2147483000\n", lambda: "not a pid\n", lambda: ""],
-    ids=["dead-process", "impossible-pid", "garbage", "empty"],
+    [
+        _dead_pid,
+        lambda: "2147483000\n",
+        lambda: "not a pid\n",
+        lambda: "",
+        lambda: f"{os.getpid()}\n",
+        lambda: "1\n",
+    ],
+    ids=["dead-process", "impossible-pid", "garbage", "empty", "our-own-pid", "pid-1"],
 )
 def test_leftover_pid_file_is_replaced(echo, content):
     stale = content()
@@ -352,7 +359,9 @@ def test_start_command_killed_by_a_signal(echo, printed):
     assert echo.marked() == []
 
 
-@pytest.mark.parametrize("log_path", ["/dev/stdout", "/dev/stderr"])
+@pytest.mark.parametrize(
+    "log_path", ["/dev/stdout", "/dev/stderr", "/proc/self/fd/1", "/proc/self/fd/2"]
+)
 def test_output_is_not_captured_when_the_log_is_our_terminal(tmp_path, test_id, capfd, log_path):
     daemon = (
         Daemon("passthrough")
@@ -371,6 +380,25 @@ def test_output_is_not_captured_when_the_log_is_our_terminal(tmp_path, test_id, 
     assert "(logs not available; exited with status 4)" in str(err)
     captured = capfd.readouterr()
     assert "passed-through-to-our-terminal" in captured.out + captured.err
+
+
+def test_log_that_is_not_a_regular_file_reads_as_none(tmp_path, test_id):
+    fifo = tmp_path / "log.fifo"
+    os.mkfifo(fifo)
+    daemon = (
+        Daemon("fifo logger")
+        .start_with(["sh", "-c", "echo captured anyway; exit 2"])
+        .ping_tcp("127.0.0.1", free_port())
+        .pid(tmp_path / "fifo.pid")
+        .log(fifo)
+        .env({MARKER: test_id})
+    )
+    with pytest.raises(StartError) as info:
+        daemon.start()
+    err = info.value
+    assert err.log is None
+    assert err.output == "captured anyway\n"
+    assert str(err).endswith("captured anyway\n(exited with status 2)")
 
 
 def test_empty_output_and_empty_log(tmp_path, test_id):
@@ -428,8 +456,25 @@ def test_only_log_lines_written_during_the_start_are_collected(echo):
     assert echo.log_file.read_text().startswith("OLD LINE FROM AN EARLIER RUN\n")
 
 
-def test_daemon_dying_before_its_pid_file_times_out_on_log_inactivity(echo):
-    daemon = echo("--exit-after-daemonize", "1").log_activity_timeout(1)
+def test_daemon_dying_before_its_pid_file_fails_fast(echo):
+    # The gem only notices after log_file_activity_timeout (10 s by default); we
+    # see that every process the start command created has exited (issue 4).
+    daemon = echo("--exit-after-daemonize", "1").log_activity_timeout(8)
+    started = time.monotonic()
+    with pytest.raises(StartError) as info:
+        daemon.start()
+    elapsed = time.monotonic() - started
+    err = info.value
+    assert not isinstance(err, StartTimeout)
+    assert elapsed < 5
+    assert "exiting after daemonizing" in err.log
+    assert "without writing its PID file" in str(err)
+    assert not echo.pid_file.exists()
+    assert echo.marked() == []
+
+
+def test_silent_daemon_without_pid_file_times_out_on_log_inactivity(echo):
+    daemon = echo("--wait-before-pid", "30").log_activity_timeout(1)
     started = time.monotonic()
     with pytest.raises(StartTimeout) as info:
         daemon.start()
@@ -437,10 +482,12 @@ def test_daemon_dying_before_its_pid_file_times_out_on_log_inactivity(echo):
     err = info.value
     assert isinstance(err, StartError)
     assert isinstance(err, TimeoutError)
+    assert err.timeout == 1
     assert 1 <= elapsed < 10
-    assert "exiting after daemonizing" in err.log
+    assert "no new log output" in str(err)
     assert "timed out" in str(err)
     assert not echo.pid_file.exists()
+    # The silent daemon was found through its environment marker and stopped.
     assert echo.marked() == []
 
 

@@ -7,7 +7,10 @@ import errno
 import os
 import select
 import signal
+import stat
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 DEFAULT_STOP_SIGNAL = "TERM"
@@ -120,3 +123,29 @@ def wait_exit(pid: int, timeout: float) -> bool | None:
         return bool(poller.poll(max(0, int(timeout * 1000))))
     finally:
         os.close(pidfd)
+
+
+def runtime_dir() -> Path:
+    """A private per-user directory for PID, lock and log files we choose ourselves.
+
+    ``$XDG_RUNTIME_DIR/daemon-controller`` where that exists (tmpfs, per user,
+    cleared at logout), else ``<tmp>/daemon-controller-<uid>``. A directory in a
+    shared /tmp must be ours and closed to others, or somebody could plant
+    files or symlinks there.
+
+    Raises:
+        PermissionError: The directory exists but is not safe to use.
+    """
+    if sys.platform == "win32":  # pragma: no cover - the other OS
+        raise NotImplementedError(_WRONG_OS)
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg and Path(xdg).is_dir():
+        path = Path(xdg) / "daemon-controller"
+    else:
+        path = Path(tempfile.gettempdir()) / f"daemon-controller-{os.getuid()}"
+    path.mkdir(mode=0o700, exist_ok=True)
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        msg = f"{str(path)!r} is not a private directory of this user; refusing to use it"
+        raise PermissionError(msg)
+    return path

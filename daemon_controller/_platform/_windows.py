@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -106,3 +109,13 @@ def wait_exit(pid: int, timeout: float) -> bool | None:
     except psutil.TimeoutExpired:
         return False
     return True
+
+
+def runtime_dir() -> Path:
+    """A per-user directory for PID, lock and log files we choose ourselves."""
+    if sys.platform != "win32":
+        raise NotImplementedError(_WRONG_OS)
+    base = os.environ.get("LOCALAPPDATA") or tempfile.gettempdir()
+    path = Path(base) / "daemon-controller"
+    path.mkdir(exist_ok=True)
+    return path

@@ -1,0 +1,130 @@
+"""Finding every process a start command created, even after a double fork.
+
+A daemon that goes into the background forks, calls ``setsid()`` and forks
+again; its parent link to the start command is gone (it is re-parented to
+PID 1) and it has its own session. What it keeps is its environment: every
+start command runs with ``DAEMON_CONTROLLER_START=<unique id>``, which all its
+descendants inherit. psutil reads it back.
+
+Two more facts make the search cheap and safe:
+
+* Only processes created after the start command are candidates (psutil's
+  creation times, compared with the start command's own, on one clock).
+* A process whose parent we already track is tracked too, which also covers a
+  descendant that cleared its environment while its parent was still alive.
+
+Limitation: a descendant that both cleared its environment (``env -i``,
+``sudo``) and was orphaned before we saw it cannot be found; it is then
+neither killed on abort nor counted as alive (see the README).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+
+import psutil
+
+from . import _process
+from ._waiting import Clock, Deadline
+
+MARKER = "DAEMON_CONTROLLER_START"
+#: Creation times are rounded to clock ticks; allow a little before the command's.
+_CREATE_SLACK = 0.05
+
+
+def new_marker() -> str:
+    """A fresh value for the environment marker of one start."""
+    return uuid.uuid4().hex
+
+
+class Descendants:
+    """The processes created by one start command, found by marker and parentage."""
+
+    def __init__(self, marker: str, root_pid: int) -> None:
+        self.marker = marker
+        self.root_pid = root_pid
+        # pid -> creation time; the creation time tells a reused PID apart.
+        self.known: dict[int, float] = {}
+        self.since = 0.0
+        with contextlib.suppress(psutil.Error):
+            created = psutil.Process(root_pid).create_time()
+            self.known[root_pid] = created
+            self.since = created - _CREATE_SLACK
+
+    def adopt(self, pid: int) -> None:
+        """Track ``pid`` too (a PID file's process that may have cleared its environment)."""
+        if pid not in self.known:
+            with contextlib.suppress(psutil.Error):
+                self.known[pid] = psutil.Process(pid).create_time()
+
+    def scan(self) -> bool:
+        """Look for new descendants among the processes created since the start.
+
+        Returns:
+            ``False`` if some candidate's environment could not be read (another
+            user's process, a hardened ``/proc``): then the scan cannot tell
+            whether everything the start created has exited.
+        """
+        complete = True
+        for proc in psutil.process_iter(["create_time", "ppid"]):
+            info = proc.info
+            created = info.get("create_time")
+            if created is None or created < self.since or proc.pid in self.known:
+                continue
+            if info.get("ppid") in self.known:
+                self.known[proc.pid] = created
+                continue
+            try:
+                if proc.environ().get(MARKER) == self.marker:
+                    self.known[proc.pid] = created
+            except psutil.AccessDenied:
+                complete = False
+            except psutil.Error:
+                continue
+        return complete
+
+    def alive(self) -> list[psutil.Process]:
+        """The tracked processes that still run (zombies do not; ours are reaped)."""
+        living = []
+        for pid, created in list(self.known.items()):
+            try:
+                proc = psutil.Process(pid)
+                if abs(proc.create_time() - created) > 0.01 or not _process.is_alive(pid):  # noqa: PLR2004 - clock-tick tolerance
+                    continue
+            except psutil.Error:
+                continue
+            living.append(proc)
+        return living
+
+    def any_alive(self) -> bool:
+        """Whether any descendant may still run, after a fresh scan.
+
+        ``True`` also when the scan could not read every candidate's environment:
+        "all exited" is only concluded when it is certain.
+        """
+        complete = self.scan()
+        return not complete or bool(self.alive())
+
+    def terminate(self, grace: float, clock: Clock) -> list[int]:
+        """Terminate every living descendant: SIGTERM, ``grace`` seconds, SIGKILL.
+
+        Returns:
+            The PIDs that had to be terminated.
+        """
+        self.scan()
+        victims = self.alive()
+        for proc in victims:
+            with contextlib.suppress(psutil.Error):
+                proc.terminate()
+        # Our own waits: psutil's would wait for PID 1 to reap a zombie.
+        deadline = Deadline(grace, clock)
+        rest = [p for p in victims if not _process.wait_gone(p.pid, deadline, max_interval=0.05)]
+        for proc in rest:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        kill_deadline = Deadline(5.0, clock)
+        for proc in rest:
+            _process.wait_gone(proc.pid, kill_deadline, max_interval=0.05)
+        _process.reap_all()
+        return [proc.pid for proc in victims]

@@ -1,0 +1,956 @@
+"""``Daemon.running()``: a daemon for the duration of a block, shared safely.
+
+Covers issue 3, sections 1 and 4, with real echo-server daemons:
+
+* ``with d.running() as x``: yields the daemon, starts it if needed, stops it on
+  leaving only if the block started it; a daemon running before is left running;
+* overlapping blocks in two threads and in two processes, nested blocks in one
+  thread: the daemon stays up (same PID) while any block is inside and is gone
+  after the last one leaves; a process SIGKILLed inside a block does not keep
+  the others from stopping it;
+* several threads and several processes entering at once start it exactly once;
+* a start that fails is shared with everybody who was waiting for it (same
+  ``StartError``, one spawn), also for ``connect()``; a later fresh attempt
+  tries again;
+* ``stop=True`` and ``stop=False``;
+* exceptions inside the block propagate unchanged; an error while stopping does
+  not hide them;
+* ``async with`` keeps the event loop running during a start;
+* ``running()`` as a decorator, for sequential and concurrent calls.
+
+Child processes run a small ``python -c`` script (``_CHILD``) that rebuilds the
+same daemon from JSON and talks to the test through files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from daemon_controller import Daemon, StartError, StopError
+
+TESTS_DIR = Path(__file__).resolve().parent
+MARKER = "DC_TEST_ID"
+FAIL_MESSAGE = "cannot start: broken configuration"
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def gone(pid: int) -> bool:
+    """Whether ``pid`` has exited (a zombie waiting for PID 1 counts as exited)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def wait_until(predicate, timeout: float = 30.0) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+
+
+def daemonized_count(log_file: Path) -> int:
+    """How many times an echo server went into the background with this log file."""
+    if not log_file.exists():
+        return 0
+    return sum(1 for line in log_file.read_text().splitlines() if line.endswith("] daemonized"))
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def appender(path: Path, text: str = "start", pause: float = 0.0):
+    """A ``before_start`` callback that appends ``text`` to ``path`` (then pauses)."""
+
+    def before_start() -> None:
+        with path.open("a") as f:
+            f.write(f"{text}\n")
+        if pause:
+            # Keeps the lock held a little longer so that everybody who was
+            # going to wait for this start is surely waiting (not a timing check).
+            time.sleep(pause)
+
+    return before_start
+
+
+class Worker(threading.Thread):
+    """A thread that keeps what its function returned or raised."""
+
+    def __init__(self, function) -> None:
+        super().__init__(daemon=True)
+        self.function = function
+        self.result = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.result = self.function()
+        except BaseException as err:
+            self.error = err
+
+    def finish(self, timeout: float = 60.0):
+        """Join; re-raise what the function raised; return its result."""
+        self.join(timeout)
+        assert not self.is_alive(), "worker thread did not finish"
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+def started(function) -> Worker:
+    worker = Worker(function)
+    worker.start()
+    return worker
+
+
+def kill_quietly(pid: int | None) -> None:
+    if pid is None:
+        return
+    try:
+        proc = psutil.Process(pid)
+        proc.kill()
+        proc.wait(5)
+    except psutil.Error:
+        pass
+
+
+# -- child processes ----------------------------------------------------------------------
+
+_CHILD = r"""
+import json, os, sys, time
+spec = json.loads(sys.argv[1])
+from daemon_controller import Daemon, StartError
+
+
+def wait_for(path, timeout=90.0):
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            sys.exit(f"child: timed out waiting for {path}")
+        time.sleep(0.01)
+
+
+def report(data):
+    tmp = spec["ready"] + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+    os.replace(tmp, spec["ready"])
+
+
+def before_start():
+    with open(spec["counter"], "a") as f:
+        f.write(f"start {os.getpid()}\n")
+    time.sleep(spec["pause"])
+
+
+daemon = (
+    Daemon(spec["name"])
+    .start_with(spec["command"])
+    .ping_tcp("127.0.0.1", spec["port"])
+    .pid(spec["pid"])
+    .log(spec["log"])
+    .start_timeout(15)
+    .stop_timeout(10)
+    .start_abort_timeout(3)
+    .log_activity_timeout(1)
+    .env({"DC_TEST_ID": spec["test_id"]})
+    .before_start(before_start)
+)
+if spec["go"]:
+    wait_for(spec["go"])
+try:
+    with daemon.running(stop=spec["stop"]):
+        report({"pid": daemon.read_pid(), "me": os.getpid()})
+        wait_for(spec["release"])
+except StartError as err:
+    report({"error": {"output": err.output, "log": err.log, "message": err.message,
+                      "exit_status": err.exit_status}})
+"""
+
+
+class Child:
+    """A process running ``_CHILD``: enters ``running()`` and reports through files."""
+
+    def __init__(
+        self,
+        daemon: Daemon,
+        port: int,
+        directory: Path,
+        tag: str,
+        *,
+        go: Path | None = None,
+        counter: Path,
+        pause: float = 0.0,
+        stop: bool | None = None,
+    ) -> None:
+        self.ready = directory / f"{tag}.ready"
+        self.release_file = directory / f"{tag}.release"
+        cfg = daemon.config
+        spec = {
+            "name": daemon.name,
+            "command": list(cfg.start_command),
+            "port": port,
+            "pid": str(cfg.pid_file),
+            "log": str(cfg.log_file),
+            "test_id": dict(cfg.env)[MARKER],
+            "go": str(go) if go else None,
+            "ready": str(self.ready),
+            "release": str(self.release_file),
+            "counter": str(counter),
+            "pause": pause,
+            "stop": stop,
+        }
+        env = {**os.environ, "PYTHONPATH": str(TESTS_DIR)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _CHILD, json.dumps(spec)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    def report(self, timeout: float = 60.0) -> dict:
+        """What the child reported once inside its block (or its StartError)."""
+        deadline = time.monotonic() + timeout
+        while not self.ready.exists():
+            if self.proc.poll() is not None:
+                out = self.proc.stdout.read() if self.proc.stdout else ""
+                pytest.fail(f"child exited with {self.proc.returncode} before reporting: {out}")
+            assert time.monotonic() < deadline, "child did not report in time"
+            time.sleep(0.02)
+        return json.loads(self.ready.read_text())
+
+    def release(self, timeout: float = 60.0) -> None:
+        """Let the child leave its block and wait until it has exited successfully."""
+        self.release_file.touch()
+        out, _ = self.proc.communicate(timeout=timeout)
+        assert self.proc.returncode == 0, out
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.communicate(timeout=30)
+
+
+def cleanup(children: list[Child]) -> None:
+    for child in children:
+        child.release_file.touch()
+    for child in children:
+        try:
+            child.proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+
+
+# -- basic blocks -------------------------------------------------------------------------
+
+
+def test_block_yields_the_daemon_and_stops_what_it_started(echo):
+    daemon = echo()
+    assert not daemon.is_running()
+    pid = None
+    try:
+        with daemon.running() as inside:
+            assert inside is daemon
+            assert daemon.is_running()
+            pid = daemon.read_pid()
+            assert pid is not None
+            assert "echo_server" in " ".join(psutil.Process(pid).cmdline())
+            with socket.create_connection(("127.0.0.1", echo.port), timeout=5):
+                pass
+        assert wait_until(lambda: gone(pid))
+        assert not daemon.is_running()
+        assert not echo.pid_file.exists()
+    finally:
+        kill_quietly(pid if pid is not None and not gone(pid) else None)
+
+
+def test_daemon_running_before_the_block_is_left_running(echo):
+    daemon = echo()
+    daemon.start()
+    try:
+        pid = daemon.read_pid()
+        with daemon.running() as inside:
+            assert inside is daemon
+            assert daemon.read_pid() == pid
+        assert daemon.is_running()
+        assert daemon.read_pid() == pid
+        assert not gone(pid)
+        # Also when blocks overlapped and the last one leaves.
+        with daemon.running(), daemon.running():
+            assert daemon.read_pid() == pid
+        assert daemon.read_pid() == pid
+    finally:
+        daemon.stop()
+    assert wait_until(lambda: gone(pid))
+
+
+def test_running_rejects_a_bad_stop_argument(echo):
+    daemon = echo()
+    with pytest.raises(TypeError, match="running"):
+        daemon.running(stop="yes")  # type: ignore[arg-type]
+
+
+def test_a_daemon_can_be_run_again_after_a_block_stopped_it(echo):
+    daemon = echo()
+    with daemon.running():
+        first = daemon.read_pid()
+    assert wait_until(lambda: gone(first))
+    with daemon.running():
+        second = daemon.read_pid()
+        assert second is not None
+        assert second != first
+    assert wait_until(lambda: gone(second))
+    assert daemonized_count(echo.log_file) == 2
+
+
+# -- overlapping blocks in one process --------------------------------------------------
+
+
+@pytest.mark.parametrize("first_out", ["starter", "joiner"])
+def test_overlapping_blocks_in_two_threads(echo, first_out):
+    daemon = echo()
+    entered = threading.Event()
+    leave = threading.Event()
+
+    def starter():
+        with daemon.running():
+            pid = daemon.read_pid()
+            entered.set()
+            assert leave.wait(60)
+        return pid
+
+    worker = started(starter)
+    try:
+        assert entered.wait(60)
+        with daemon.running():
+            pid = daemon.read_pid()
+            assert pid is not None
+            if first_out == "starter":
+                leave.set()
+                assert worker.finish() == pid
+                # The block that started it left; we are still inside.
+                assert daemon.read_pid() == pid
+                assert not gone(pid)
+        if first_out == "joiner":
+            # We left, the starting block is still inside.
+            assert daemon.read_pid() == pid
+            assert not gone(pid)
+            leave.set()
+            assert worker.finish() == pid
+        assert wait_until(lambda: gone(pid))
+        assert not daemon.is_running()
+        assert daemonized_count(echo.log_file) == 1
+    finally:
+        leave.set()
+        worker.join(30)
+        daemon.stop()
+
+
+def test_nested_blocks_in_one_thread(echo):
+    daemon = echo()
+    with daemon.running():
+        pid = daemon.read_pid()
+        with daemon.running() as inner:
+            assert inner is daemon
+            assert daemon.read_pid() == pid
+        assert daemon.read_pid() == pid
+        assert not gone(pid)
+        with daemon.running(), daemon.running():
+            assert daemon.read_pid() == pid
+        assert daemon.read_pid() == pid
+    assert wait_until(lambda: gone(pid))
+    assert not daemon.is_running()
+    assert daemonized_count(echo.log_file) == 1
+
+
+def test_several_threads_entering_at_once_start_it_once(echo, tmp_path):
+    counter = tmp_path / "starts"
+    daemon = echo("--wait-before-listen", "0.3").before_start(appender(counter))
+    go = threading.Barrier(6)
+    all_inside = threading.Barrier(6)
+
+    def enter():
+        go.wait(60)
+        with daemon.running():
+            pid = daemon.read_pid()
+            all_inside.wait(60)
+        return pid
+
+    workers = [started(enter) for _ in range(6)]
+    try:
+        pids = [worker.finish() for worker in workers]
+        assert len(set(pids)) == 1
+        assert pids[0] is not None
+        assert lines(counter) == ["start"]
+        assert daemonized_count(echo.log_file) == 1
+        assert wait_until(lambda: gone(pids[0]))
+        assert not daemon.is_running()
+    finally:
+        for worker in workers:
+            worker.join(30)
+        daemon.stop()
+
+
+# -- overlapping blocks in several processes --------------------------------------------
+
+
+@pytest.mark.parametrize("starter", ["child", "parent"])
+def test_overlapping_blocks_in_two_processes(echo, tmp_path, starter):
+    """The block that started the daemon leaves first; the other process stops it."""
+    daemon = echo()
+    counter = tmp_path / "starts"
+    children: list[Child] = []
+    try:
+        if starter == "child":
+            child = Child(daemon, echo.port, tmp_path, "child", counter=counter)
+            children.append(child)
+            pid = child.report()["pid"]
+            assert pid is not None
+            with daemon.running():
+                assert daemon.read_pid() == pid
+                child.release()
+                assert daemon.read_pid() == pid
+                assert not gone(pid)
+        else:
+            with daemon.running():
+                pid = daemon.read_pid()
+                child = Child(daemon, echo.port, tmp_path, "child", counter=counter)
+                children.append(child)
+                assert child.report()["pid"] == pid
+            # We started it and left; the child is still inside.
+            assert daemon.read_pid() == pid
+            assert not gone(pid)
+            child.release()
+        assert wait_until(lambda: gone(pid))
+        assert not daemon.is_running()
+        assert daemonized_count(echo.log_file) == 1
+    finally:
+        cleanup(children)
+        daemon.stop()
+
+
+@pytest.mark.parametrize("starter", ["killed child", "parent"])
+def test_process_killed_inside_a_block_does_not_keep_the_daemon_up(echo, tmp_path, starter):
+    daemon = echo()
+    counter = tmp_path / "starts"
+    children: list[Child] = []
+    try:
+        if starter == "killed child":
+            child = Child(daemon, echo.port, tmp_path, "child", counter=counter)
+            children.append(child)
+            pid = child.report()["pid"]
+            with daemon.running():
+                assert daemon.read_pid() == pid
+                os.kill(child.proc.pid, signal.SIGKILL)
+                child.kill()
+                assert child.proc.returncode == -signal.SIGKILL
+                assert daemon.read_pid() == pid
+        else:
+            with daemon.running():
+                pid = daemon.read_pid()
+                child = Child(daemon, echo.port, tmp_path, "child", counter=counter)
+                children.append(child)
+                assert child.report()["pid"] == pid
+                os.kill(child.proc.pid, signal.SIGKILL)
+                child.kill()
+                assert child.proc.returncode == -signal.SIGKILL
+                assert daemon.read_pid() == pid
+        assert wait_until(lambda: gone(pid))
+        assert not daemon.is_running()
+    finally:
+        cleanup(children)
+        daemon.stop()
+
+
+def test_several_processes_entering_at_once_start_it_once(echo, tmp_path):
+    daemon = echo("--wait-before-listen", "0.3")
+    counter = tmp_path / "starts"
+    go = tmp_path / "go"
+    children = [
+        Child(daemon, echo.port, tmp_path, f"child{i}", go=go, counter=counter) for i in range(4)
+    ]
+    try:
+        go.touch()
+        reports = [child.report() for child in children]
+        pids = {report["pid"] for report in reports}
+        assert len(pids) == 1
+        (pid,) = pids
+        assert pid is not None
+        assert daemon.read_pid() == pid
+        assert len(lines(counter)) == 1
+        assert daemonized_count(echo.log_file) == 1
+        for child in children:
+            child.release()
+        assert wait_until(lambda: gone(pid))
+        assert not daemon.is_running()
+    finally:
+        cleanup(children)
+        daemon.stop()
+
+
+# -- a failed start is shared --------------------------------------------------------------
+
+
+def failing(echo, counter: Path, pause: float = 0.5) -> Daemon:
+    return echo(
+        "--before-daemonize-message", FAIL_MESSAGE, "--exit-before-daemonize", "1"
+    ).before_start(appender(counter, pause=pause))
+
+
+def assert_same_failure(errors: list[BaseException]) -> None:
+    assert all(isinstance(err, StartError) for err in errors), errors
+    first = errors[0]
+    assert FAIL_MESSAGE in first.output
+    for err in errors[1:]:
+        assert err.output == first.output
+        assert err.log == first.log
+        assert err.message == first.message
+        assert err.exit_status == first.exit_status == 1
+
+
+def test_failed_start_is_shared_by_threads_entering_at_once(echo, tmp_path):
+    counter = tmp_path / "starts"
+    daemon = failing(echo, counter)
+    go = threading.Barrier(6)
+
+    def enter():
+        go.wait(60)
+        with daemon.running():
+            pytest.fail("entered the block of a daemon that cannot start")
+
+    workers = [started(enter) for _ in range(6)]
+    for worker in workers:
+        worker.join(60)
+        assert not worker.is_alive()
+    assert_same_failure([worker.error for worker in workers])
+    assert lines(counter) == ["start"]
+    assert not daemon.is_running()
+    assert echo.marked() == []
+
+    # A later, fresh attempt tries again.
+    with pytest.raises(StartError) as again:
+        with daemon.running():
+            pytest.fail("entered the block of a daemon that cannot start")
+    assert FAIL_MESSAGE in again.value.output
+    assert lines(counter) == ["start", "start"]
+
+
+def test_entrant_that_waited_for_a_failing_start_gets_its_error(echo, tmp_path):
+    """Deterministic: the second block enters while the first one is spawning."""
+    counter = tmp_path / "starts"
+    spawning = threading.Event()
+    record = appender(counter, pause=1.0)
+
+    def before_start():
+        spawning.set()
+        record()
+
+    daemon = echo(
+        "--before-daemonize-message", FAIL_MESSAGE, "--exit-before-daemonize", "1"
+    ).before_start(before_start)
+
+    def enter():
+        with daemon.running():
+            pytest.fail("entered the block of a daemon that cannot start")
+
+    first = started(enter)
+    assert spawning.wait(60)
+    with pytest.raises(StartError) as late:
+        with daemon.running():
+            pytest.fail("entered the block of a daemon that cannot start")
+    first.join(60)
+    assert_same_failure([first.error, late.value])
+    assert lines(counter) == ["start"]
+
+
+def refused_connection(port: int):
+    """A connect function for ``Daemon.connect``: ``None`` when nobody listens."""
+
+    def connect():
+        try:
+            return socket.create_connection(("127.0.0.1", port), timeout=5)
+        except ConnectionRefusedError:
+            return None
+
+    return connect
+
+
+def test_failed_start_is_shared_by_threads_connecting_at_once(echo, tmp_path):
+    counter = tmp_path / "starts"
+    daemon = failing(echo, counter)
+    go = threading.Barrier(6)
+    connect = refused_connection(echo.port)
+
+    def enter():
+        go.wait(60)
+        sock = daemon.connect(connect)
+        sock.close()
+        pytest.fail("connected to a daemon that cannot start")
+
+    workers = [started(enter) for _ in range(6)]
+    for worker in workers:
+        worker.join(60)
+        assert not worker.is_alive()
+    assert_same_failure([worker.error for worker in workers])
+    assert lines(counter) == ["start"]
+
+    with pytest.raises(StartError):
+        daemon.connect(connect)
+    assert lines(counter) == ["start", "start"]
+    assert echo.marked() == []
+
+
+def test_connect_that_waited_for_a_failing_start_gets_its_error(echo, tmp_path):
+    """Deterministic: the second connect() begins while the first one is spawning."""
+    counter = tmp_path / "starts"
+    spawning = threading.Event()
+    record = appender(counter, pause=1.0)
+
+    def before_start():
+        spawning.set()
+        record()
+
+    daemon = echo(
+        "--before-daemonize-message", FAIL_MESSAGE, "--exit-before-daemonize", "1"
+    ).before_start(before_start)
+    connect = refused_connection(echo.port)
+    first = started(lambda: daemon.connect(connect))
+    assert spawning.wait(60)
+    with pytest.raises(StartError) as late:
+        daemon.connect(connect)
+    first.join(60)
+    assert_same_failure([first.error, late.value])
+    assert lines(counter) == ["start"]
+
+
+def test_failed_start_is_shared_by_processes_entering_at_once(echo, tmp_path):
+    """Fails after daemonizing, so that the shared log lines are not empty either."""
+    counter = tmp_path / "starts"
+    daemon = echo(
+        "--before-daemonize-message",
+        FAIL_MESSAGE,
+        "--log-message",
+        "configuration is broken",
+        "--exit-after-daemonize",
+        "1",
+    )
+    go = tmp_path / "go"
+    children = [
+        Child(daemon, echo.port, tmp_path, f"child{i}", go=go, counter=counter, pause=0.5)
+        for i in range(4)
+    ]
+    try:
+        go.touch()
+        errors = [child.report()["error"] for child in children]
+        for child in children:
+            child.release()
+        assert len(lines(counter)) == 1
+        assert FAIL_MESSAGE in errors[0]["output"]
+        assert "configuration is broken" in errors[0]["log"]
+        assert all(error == errors[0] for error in errors)
+        assert not daemon.is_running()
+    finally:
+        cleanup(children)
+
+
+# -- stop=True and stop=False --------------------------------------------------------------
+
+
+def test_stop_true_stops_although_another_block_is_inside(echo):
+    daemon = echo()
+    entered = threading.Event()
+    leave = threading.Event()
+
+    def other():
+        with daemon.running():
+            entered.set()
+            assert leave.wait(60)
+
+    worker = started(other)
+    try:
+        assert entered.wait(60)
+        pid = daemon.read_pid()
+        with daemon.running(stop=True) as inside:
+            assert inside is daemon
+            assert daemon.read_pid() == pid
+        assert wait_until(lambda: gone(pid))
+        assert not daemon.is_running()
+        leave.set()
+        worker.finish()  # leaving after the daemon was stopped is no error
+        assert not daemon.is_running()
+    finally:
+        leave.set()
+        worker.join(30)
+        daemon.stop()
+
+
+def test_stop_true_stops_a_daemon_that_was_running_before(echo):
+    daemon = echo()
+    daemon.start()
+    try:
+        pid = daemon.read_pid()
+        with daemon.running(stop=True):
+            assert daemon.read_pid() == pid
+        assert wait_until(lambda: gone(pid))
+        assert not daemon.is_running()
+    finally:
+        daemon.stop()
+
+
+def test_stop_false_alone_starts_and_leaves_it_running(echo):
+    daemon = echo()
+    try:
+        with daemon.running(stop=False):
+            pid = daemon.read_pid()
+            assert pid is not None
+        assert daemon.read_pid() == pid
+        # A later default block did not start it, so it leaves it running too.
+        with daemon.running():
+            assert daemon.read_pid() == pid
+        assert daemon.read_pid() == pid
+    finally:
+        daemon.stop()
+    assert wait_until(lambda: gone(pid))
+
+
+@pytest.mark.parametrize("last_out", ["stop=False", "stop=None"])
+def test_stop_false_block_keeps_a_default_block_from_stopping(echo, last_out):
+    daemon = echo()
+    entered = threading.Event()
+    leave = threading.Event()
+
+    def keeper():
+        with daemon.running(stop=False):
+            entered.set()
+            assert leave.wait(60)
+
+    worker = None
+    try:
+        with daemon.running():  # stop=None; this block starts the daemon
+            pid = daemon.read_pid()
+            worker = started(keeper)
+            assert entered.wait(60)
+            if last_out == "stop=None":
+                leave.set()
+                worker.finish()
+                assert daemon.read_pid() == pid
+        if last_out == "stop=False":
+            # The default block started it but a stop=False block is inside.
+            assert daemon.read_pid() == pid
+            assert not gone(pid)
+            leave.set()
+            worker.finish()
+            # The stop=False block was the last to leave: it stays up.
+            assert daemon.read_pid() == pid
+            assert not gone(pid)
+        else:
+            # The default block that started it was the last to leave.
+            assert wait_until(lambda: gone(pid))
+            assert not daemon.is_running()
+    finally:
+        leave.set()
+        if worker is not None:
+            worker.join(30)
+        daemon.stop()
+
+
+# -- exceptions -----------------------------------------------------------------------------
+
+
+class BlockError(Exception):
+    pass
+
+
+def test_exception_in_the_block_propagates_and_the_daemon_is_stopped(echo):
+    daemon = echo()
+    error = BlockError("from inside the block")
+    pid = None
+    with pytest.raises(BlockError) as caught:
+        with daemon.running():
+            pid = daemon.read_pid()
+            raise error
+    assert caught.value is error
+    assert not getattr(error, "__notes__", [])
+    assert pid is not None
+    assert wait_until(lambda: gone(pid))
+    assert not daemon.is_running()
+
+
+def test_stop_error_does_not_hide_the_blocks_exception(echo):
+    daemon = echo(name="stubborn echo").stop_with("exit 3")
+    error = BlockError("from inside the block")
+    pid = None
+    try:
+        with pytest.raises(BlockError) as caught:
+            with daemon.running():
+                pid = daemon.read_pid()
+                raise error
+        assert caught.value is error
+        notes = getattr(error, "__notes__", [])
+        assert any("stubborn echo" in note for note in notes), notes
+    finally:
+        kill_quietly(pid)
+    assert pid is not None
+
+
+def test_stop_error_is_raised_when_the_block_succeeded(echo):
+    daemon = echo(name="stubborn echo").stop_with("exit 3")
+    pid = None
+    try:
+        with pytest.raises(StopError) as caught:
+            with daemon.running():
+                pid = daemon.read_pid()
+        assert caught.value.exit_status == 3
+        assert "stubborn echo" in str(caught.value)
+    finally:
+        kill_quietly(pid)
+    assert pid is not None
+
+
+# -- async with --------------------------------------------------------------------------------
+
+
+def test_async_with_keeps_the_event_loop_running_during_a_start(echo):
+    daemon = echo("--wait-before-listen", "0.5")
+
+    async def main():
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        task = asyncio.create_task(ticker())
+        await asyncio.sleep(0.05)
+        before = ticks
+        async with daemon.running() as inside:
+            during_start = ticks - before
+            assert inside is daemon
+            pid = await asyncio.to_thread(daemon.read_pid)
+            running = await asyncio.to_thread(daemon.is_running)
+        task.cancel()
+        return during_start, pid, running
+
+    during_start, pid, running = asyncio.run(main())
+    assert running
+    assert pid is not None
+    assert during_start >= 10, f"the loop ticked only {during_start} times during the start"
+    assert wait_until(lambda: gone(pid))
+    assert not daemon.is_running()
+
+
+def test_async_with_exception_propagates_and_the_daemon_is_stopped(echo):
+    daemon = echo()
+    error = BlockError("from inside the async block")
+    seen: list[int | None] = []
+
+    async def main():
+        async with daemon.running():
+            seen.append(await asyncio.to_thread(daemon.read_pid))
+            raise error
+
+    with pytest.raises(BlockError) as caught:
+        asyncio.run(main())
+    assert caught.value is error
+    (pid,) = seen
+    assert pid is not None
+    assert wait_until(lambda: gone(pid))
+    assert not daemon.is_running()
+
+
+def test_async_blocks_overlapping_in_one_loop(echo):
+    daemon = echo()
+
+    async def main():
+        inside = asyncio.Event()
+        leave = asyncio.Event()
+
+        async def first():
+            async with daemon.running():
+                inside.set()
+                await leave.wait()
+
+        task = asyncio.create_task(first())
+        await inside.wait()
+        async with daemon.running():
+            pid = await asyncio.to_thread(daemon.read_pid)
+            leave.set()
+            await task
+            still = await asyncio.to_thread(daemon.read_pid)
+        return pid, still
+
+    pid, still = asyncio.run(main())
+    assert pid is not None
+    assert still == pid
+    assert wait_until(lambda: gone(pid))
+
+
+# -- as a decorator ------------------------------------------------------------------------------
+
+
+def test_running_as_a_decorator_sequential_calls(echo):
+    daemon = echo()
+
+    @daemon.running()
+    def use(value):
+        """Use the daemon."""
+        assert daemon.is_running()
+        return value, daemon.read_pid()
+
+    assert use.__name__ == "use"
+    first_value, first = use(1)
+    assert first_value == 1
+    assert wait_until(lambda: gone(first))
+    assert not daemon.is_running()
+    second_value, second = use(2)
+    assert second_value == 2
+    assert second is not None
+    assert wait_until(lambda: gone(second))
+    assert not daemon.is_running()
+    assert daemonized_count(echo.log_file) == 2
+
+
+def test_running_as_a_decorator_concurrent_calls(echo):
+    daemon = echo()
+    both_inside = threading.Barrier(2)
+
+    @daemon.running()
+    def use():
+        pid = daemon.read_pid()
+        both_inside.wait(60)
+        # Both calls are inside: neither leaving may stop it under the other.
+        return pid
+
+    workers = [started(use) for _ in range(2)]
+    try:
+        pids = [worker.finish() for worker in workers]
+        assert pids[0] == pids[1]
+        assert pids[0] is not None
+        assert wait_until(lambda: gone(pids[0]))
+        assert not daemon.is_running()
+        assert daemonized_count(echo.log_file) == 1
+    finally:
+        for worker in workers:
+            worker.join(30)
+        daemon.stop()
