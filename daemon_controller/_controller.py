@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 from . import _failures, _lock, _pidfile, _platform, _process, _tracking
 from ._errors import AlreadyStarted, ConnectError, StartError, StartTimeout, StopError, StopTimeout
 from ._probes import holder, is_connect_error
-from ._waiting import SYSTEM_CLOCK, Clock, Deadline, poll_until
+from ._waiting import SYSTEM_CLOCK, Clock, Deadline, MonotonicClock, poll_until
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -370,6 +370,26 @@ class _Start:
             )
         return None
 
+    def _sleep(self, seconds: float) -> None:
+        """Pause between checks, waking early when the process we watch exits.
+
+        While the start command runs, that is the command (its exit is the next
+        thing to react to); once the daemon is known, the daemon (its death
+        ends the start at once). Event-driven where the platform allows.
+        """
+        target = None
+        if self.proc is not None and self.returncode is None:
+            target = self.proc.pid
+        elif self.pid is not None:
+            target = self.pid
+        if (
+            target is not None
+            and isinstance(self.clock, MonotonicClock)
+            and _platform.wait_exit(target, seconds) is not None
+        ):
+            return
+        self.clock.sleep(seconds)
+
     def _check_descendants(self) -> None:
         """Fail at once when every process the start command created has exited.
 
@@ -417,6 +437,7 @@ class _Start:
                 self._check,
                 deadline=self.deadline,
                 max_interval=self.cfg.ping_interval,
+                sleep=self._sleep,
             )
             if not ready:
                 self._timed_out()
@@ -708,25 +729,27 @@ def restart(daemon: Daemon, clock: Clock = SYSTEM_CLOCK) -> None:
 # -- queries ---------------------------------------------------------------------------------
 
 
-def _live_pid_locked(daemon: Daemon) -> int | None:
-    pid_file, lock = _paths(daemon)
+def read_pid(daemon: Daemon) -> int | None:
+    """See :meth:`Daemon.read_pid`; also the body of ``is_running()``.
+
+    The hot path (issue #5): written out flat, it costs a cached lock file's
+    ``fstat`` and two ``flock`` calls, the PID file's ``stat`` and one ``poll``.
+    """
+    cfg = daemon.config
+    pid_file, lock = cfg.pid_file, cfg.effective_lock_file
+    if pid_file is None or lock is None:
+        _require(daemon, "pid_file")
+        raise AssertionError  # pragma: no cover - _require raised
     with _lock.locked(lock, daemon.name, shared=True, missing_dir_ok=True):
         pid = _pidfile.live_pid(pid_file)
         if pid is None:
             _remove_stale(pid_file)
-        return pid
+    return pid
 
 
 def is_running(daemon: Daemon) -> bool:
     """See :meth:`Daemon.is_running`."""
-    _require(daemon, "pid_file")
-    return _live_pid_locked(daemon) is not None
-
-
-def read_pid(daemon: Daemon) -> int | None:
-    """See :meth:`Daemon.read_pid`."""
-    _require(daemon, "pid_file")
-    return _live_pid_locked(daemon)
+    return read_pid(daemon) is not None
 
 
 # -- connect ---------------------------------------------------------------------------------

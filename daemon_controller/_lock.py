@@ -1,14 +1,22 @@
 """The lock file that serialises management of one daemon.
 
 An exclusive lock is held for a whole start or stop; a shared lock while reading
-the daemon's state or connecting to it. The locks are ``flock``-style (through
-portalocker): they belong to an open file, so they serialise threads of this
-process that open the file separately just as they serialise processes, and the
-OS drops them when a process dies.
+the daemon's state or connecting to it. The locks are ``flock``-style: they
+belong to an open file, so they serialise threads of this process that open the
+file separately just as they serialise processes, and the OS drops them when a
+process dies.
 
 The file is opened without truncation and, where the OS allows, without
 following a symlink, so a lock path that points at a file somebody cares about
 never damages it.
+
+Each thread keeps its lock files open between calls (``is_running()`` at tens
+of thousands of calls a second should not open and close a file each time).
+The cache is per thread, because two threads must hold separate open files
+for their locks to exclude each other; a cached file that has been deleted
+(its link count is 0) is reopened, so a lock file removed and recreated by
+someone is followed; and the cache is dropped in a forked child, which must
+not share its parent's open files.
 """
 
 from __future__ import annotations
@@ -17,14 +25,12 @@ import contextlib
 import errno
 import os
 import threading
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING
 
-import portalocker
-
+from . import _platform
 from ._errors import DaemonError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
 
 _OPEN_FLAGS = (
@@ -55,24 +61,6 @@ def _open(path: Path, identifier: str) -> int | None:
         raise DaemonError(identifier, msg) from err
 
 
-class Held:
-    """An open lock file with a lock on it; ``release()`` drops both."""
-
-    __slots__ = ("_handle",)
-
-    def __init__(self, handle: BinaryIO) -> None:
-        self._handle: BinaryIO | None = handle
-
-    def release(self) -> None:
-        """Unlock and close; calling it twice is harmless."""
-        handle, self._handle = self._handle, None
-        if handle is not None:
-            try:
-                portalocker.unlock(handle)
-            finally:
-                handle.close()
-
-
 def _missing_dir(path: Path, identifier: str) -> DaemonError:
     msg = (
         f"Daemon '{identifier}': cannot create lock file {str(path)!r}: "
@@ -82,8 +70,29 @@ def _missing_dir(path: Path, identifier: str) -> DaemonError:
     return DaemonError(identifier, msg)
 
 
+class Held:
+    """An open lock file with a lock on it; ``release()`` drops both."""
+
+    __slots__ = ("_fd",)
+
+    def __init__(self, fd: int) -> None:
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        """Unlock and close; calling it twice is harmless."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            try:
+                _platform.unlock_fd(fd)
+            finally:
+                os.close(fd)
+
+
 def acquire(path: Path, identifier: str, *, shared: bool, blocking: bool = True) -> Held | None:
-    """Lock ``path`` (created if missing, never truncated).
+    """Lock ``path`` on a file descriptor of its own (created if missing, never truncated).
+
+    For locks whose number matters (the ``running()`` leases): every call opens
+    the file anew, so two calls in one thread hold two separate locks.
 
     Returns:
         The held lock, or ``None`` if ``blocking`` is false and somebody else
@@ -96,41 +105,63 @@ def acquire(path: Path, identifier: str, *, shared: bool, blocking: bool = True)
     fd = _open(path, identifier)
     if fd is None:
         raise _missing_dir(path, identifier)
-    handle = os.fdopen(fd, "r+b", buffering=0)
-    flags = portalocker.LockFlags.SHARED if shared else portalocker.LockFlags.EXCLUSIVE
-    if not blocking:
-        flags |= portalocker.LockFlags.NON_BLOCKING
     try:
-        portalocker.lock(handle, flags)
-    except portalocker.AlreadyLocked:
-        handle.close()
-        return None
+        if not _platform.lock_fd(fd, shared=shared, blocking=blocking):
+            os.close(fd)
+            return None
     except BaseException:
-        handle.close()
+        os.close(fd)
         raise
-    return Held(handle)
+    return Held(fd)
 
 
-#: The daemon locks this thread holds: path -> shared? (True) or exclusive (False).
-_thread_state = threading.local()
+class _ThreadState(threading.local):
+    def __init__(self) -> None:
+        # path -> fd: lock files this thread keeps open.
+        self.files: dict[str, int] = {}
+        # path -> shared?: the daemon locks this thread holds right now.
+        self.held: dict[str, bool] = {}
 
 
-def _held_here() -> dict[str, bool]:
-    held: dict[str, bool] | None = getattr(_thread_state, "held", None)
-    if held is None:
-        held = _thread_state.held = {}
-    return held
+_state = _ThreadState()
 
 
-@contextlib.contextmanager
-def locked(
-    path: Path,
-    identifier: str,
-    *,
-    shared: bool,
-    missing_dir_ok: bool = False,
-) -> Iterator[None]:
-    """Hold the lock file locked for the duration of the block.
+def _forget_after_fork() -> None:
+    # The child has copies of the parent's descriptors: locking them would
+    # share the parent's locks. Start over (the copies are closed on exec).
+    global _state  # noqa: PLW0603 - replaced wholesale in the child
+    _state = _ThreadState()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+def _cached_fd(path: Path, identifier: str) -> int | None:
+    """This thread's open descriptor for ``path`` (``None``: directory missing)."""
+    files = _state.files
+    key = str(path)
+    cached = files.get(key)
+    if cached is not None:
+        # Still the file at that path? A deleted lock file (st_nlink 0) must not
+        # be locked any more: others lock the new file at the same path.
+        try:
+            if os.fstat(cached).st_nlink > 0:
+                return cached
+        except OSError:
+            pass
+        del files[key]
+        with contextlib.suppress(OSError):
+            os.close(cached)
+    fd = _open(path, identifier)
+    if fd is None:
+        return None
+    files[key] = fd
+    return fd
+
+
+class locked:  # noqa: N801 - used like a function: ``with locked(...)``
+    """Hold the daemon's lock file for the duration of a ``with`` block.
 
     Re-entrant within a thread: code running under the lock (a ``connect()``
     function, ``before_start``) may call ``is_running()`` or ``read_pid()``
@@ -149,27 +180,46 @@ def locked(
             or not writable, or it is a symlink), or this thread asks for an
             exclusive lock while holding the shared one (which would deadlock).
     """
-    held_here = _held_here()
-    key = str(path)
-    current = held_here.get(key)
-    if current is not None:
-        if shared or not current:
-            yield  # already held, strongly enough, by this very thread
-            return
-        msg = (
-            f"Daemon '{identifier}': cannot start or stop it from code that runs under "
-            "its shared lock (for example inside the function given to connect()); "
-            "that would wait for itself forever."
-        )
-        raise DaemonError(identifier, msg)
-    if missing_dir_ok and not path.parent.is_dir():
-        yield
-        return
-    held = acquire(path, identifier, shared=shared)
-    assert held is not None  # noqa: S101 - a blocking acquire returns a lock
-    held_here[key] = shared
-    try:
-        yield
-    finally:
-        del held_here[key]
-        held.release()
+
+    __slots__ = ("_fd", "_key", "identifier", "missing_dir_ok", "path", "shared")
+
+    def __init__(
+        self, path: Path, identifier: str, *, shared: bool, missing_dir_ok: bool = False
+    ) -> None:
+        self.path = path
+        self.identifier = identifier
+        self.shared = shared
+        self.missing_dir_ok = missing_dir_ok
+        self._fd: int | None = None
+        self._key = ""
+
+    def __enter__(self) -> None:
+        key = str(self.path)
+        state = _state
+        current = state.held.get(key)
+        if current is not None:
+            if self.shared or not current:
+                return  # already held, strongly enough, by this very thread
+            msg = (
+                f"Daemon '{self.identifier}': cannot start or stop it from code that runs "
+                "under its shared lock (for example inside the function given to "
+                "connect()); that would wait for itself forever."
+            )
+            raise DaemonError(self.identifier, msg)
+        fd = state.files.get(key)
+        if fd is None or os.fstat(fd).st_nlink == 0:
+            fd = _cached_fd(self.path, self.identifier)
+            if fd is None:
+                if self.missing_dir_ok:
+                    return
+                raise _missing_dir(self.path, self.identifier)
+        _platform.lock_fd(fd, shared=self.shared)
+        state.held[key] = self.shared
+        self._fd, self._key = fd, key
+
+    def __exit__(self, *exc_info: object) -> None:
+        fd = self._fd
+        if fd is not None:
+            self._fd = None
+            del _state.held[self._key]
+            _platform.unlock_fd(fd)

@@ -15,9 +15,11 @@ import os
 import re
 import stat
 import tempfile
+import threading
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from . import _process
+from . import _platform, _process
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -43,8 +45,8 @@ def parse_pid(data: bytes) -> int | None:
     return pid
 
 
-def _read(path: Path) -> tuple[bytes, float] | None:
-    """The first bytes of a regular file and its mtime, or ``None``."""
+def _read(path: Path | str) -> tuple[bytes, os.stat_result] | None:
+    """The first bytes of a regular file and its ``fstat()``, or ``None``."""
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(path, flags)
@@ -54,7 +56,7 @@ def _read(path: Path) -> tuple[bytes, float] | None:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             return None  # a directory, FIFO or device is not a PID file
-        return os.read(fd, _READ_LIMIT), info.st_mtime
+        return os.read(fd, _READ_LIMIT), info
     except OSError:
         return None
     finally:
@@ -67,23 +69,84 @@ def read_pid(path: Path) -> int | None:
     return None if content is None else parse_pid(content[0])
 
 
+@dataclass(frozen=True, slots=True)
+class _Verdict:
+    """What a PID file said the last time we looked, and how to re-check cheaply."""
+
+    signature: tuple[int, int, int, int]  # st_dev, st_ino, st_mtime_ns, st_size
+    pid: int | None  # None: no live daemon (corrupt, dead or reused)
+    handle: _platform.ExitHandle | None  # a pidfd for ``pid``, where the OS has one
+
+
+_verdicts: dict[str, _Verdict] = {}
+_verdicts_lock = threading.Lock()
+_MAX_VERDICTS = 256
+
+
+def _remember(key: str, verdict: _Verdict) -> None:
+    with _verdicts_lock:
+        old = _verdicts.get(key)
+        if len(_verdicts) >= _MAX_VERDICTS and old is None:
+            for stale in _verdicts.values():
+                if stale.handle is not None:
+                    stale.handle.close()
+            _verdicts.clear()
+        _verdicts[key] = verdict
+        if old is not None and old.handle is not None and old.handle != verdict.handle:
+            old.handle.close()
+
+
 def live_pid(path: Path) -> int | None:
     """The PID in the file if that process is alive and could have written the file.
 
     A process created after the file was last written cannot be the one that
     wrote it: its PID was reused after the daemon died. That reads as "not
     running", just like a dead PID.
+
+    This is the hot path of ``is_running()`` and ``connect()``. A verdict is
+    kept per file together with the file's identity (device, inode, mtime,
+    size): while the file is unchanged, only the liveness of the known process
+    is re-checked, which with a pidfd is one ``poll()`` — and exact, since a
+    pidfd keeps referring to the process it was opened for, even after its PID
+    is reused.
     """
-    content = _read(path)
+    key = str(path)
+    try:
+        info = os.stat(key)
+    except OSError:
+        return None
+    signature = (info.st_dev, info.st_ino, info.st_mtime_ns, info.st_size)
+    known = _verdicts.get(key)
+    if known is not None and known.signature == signature:
+        if known.pid is None:
+            return None
+        if known.handle is not None:
+            return None if known.handle.exited() else known.pid
+    return _examine(key)
+
+
+def _examine(key: str) -> int | None:
+    """Read and verify the PID file from scratch, and remember the verdict."""
+    content = _read(key)
     if content is None:
         return None
-    data, mtime = content
+    data, info = content
+    signature = (info.st_dev, info.st_ino, info.st_mtime_ns, info.st_size)
     pid = parse_pid(data)
     if pid is None or not _process.is_alive(pid):
+        _remember(key, _Verdict(signature, None, None))
         return None
     created = _process.create_time(pid)
-    if created is not None and created > mtime + _CLOCK_SLACK:
+    if created is not None and created > info.st_mtime + _CLOCK_SLACK:
+        _remember(key, _Verdict(signature, None, None))  # a reused PID
         return None
+    handle = _platform.exit_handle(pid)
+    if handle is not None and _process.create_time(pid) != created:
+        # The process died and its PID was reused between our two looks: the
+        # handle belongs to the newcomer. Decide again next time.
+        handle.close()
+        return None
+    _remember(key, _Verdict(signature, pid, handle))
     return pid
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import http.client
 import socket
 import subprocess
 import urllib.parse
@@ -148,6 +147,8 @@ class HttpPing:
 
     def check(self, timeout: float) -> bool:
         """Send one GET and look at the status line."""
+        import http.client  # noqa: PLC0415 - 40 ms of import time, only for HTTP pings
+
         parts = urllib.parse.urlsplit(self.url)
         conn_class = (
             http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection

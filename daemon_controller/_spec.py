@@ -14,7 +14,6 @@ be shared freely between threads.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -55,7 +54,11 @@ def _command(
     if isinstance(command, bytes):
         msg = f"Daemon '{identifier}': {what} must be a str or a sequence of str, not bytes"
         raise TypeError(msg)
-    argv = tuple(os.fspath(part) for part in command)
+    try:
+        argv = tuple(os.fspath(part) for part in command)
+    except TypeError:
+        msg = f"Daemon '{identifier}': {what} must be a str or a sequence of str, not {command!r}"
+        raise TypeError(msg) from None
     if not argv:
         msg = f"Daemon '{identifier}': {what} is an empty argument list"
         raise ValueError(msg)
@@ -74,6 +77,15 @@ def _seconds(identifier: str, what: str, value: float, *, allow_zero: bool = Tru
         msg = f"Daemon '{identifier}': {what} must be {least} seconds, not {value!r}"
         raise ValueError(msg)
     return float(value)
+
+
+def _probe(identifier: str, kind: Callable[..., Probe], *args: object) -> Probe:
+    """Build a probe; an error about its arguments names the daemon."""
+    try:
+        return kind(*args)
+    except (ValueError, TypeError) as err:
+        msg = f"Daemon '{identifier}': {err}"
+        raise type(err)(msg) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,15 +144,15 @@ class DaemonConfig:
     env: tuple[tuple[str, str], ...] = ()
     cwd: Path | None = None
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("daemon_controller"))
+    #: The lock file in use: ``lock_file``, or the PID file plus ``.lock``
+    #: (computed once: it is on the ``is_running()`` hot path).
+    effective_lock_file: Path | None = field(init=False, repr=False, compare=False, default=None)
 
-    @property
-    def effective_lock_file(self) -> Path | None:
-        """The lock file in use: ``lock_file``, or the PID file plus ``.lock``."""
-        if self.lock_file is not None:
-            return self.lock_file
-        if self.pid_file is None:
-            return None
-        return self.pid_file.with_name(self.pid_file.name + ".lock")
+    def __post_init__(self) -> None:
+        lock = self.lock_file
+        if lock is None and self.pid_file is not None:
+            lock = self.pid_file.with_name(self.pid_file.name + ".lock")
+        object.__setattr__(self, "effective_lock_file", lock)
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -196,6 +208,8 @@ class Daemon:
         except (OSError, NotImplementedError) as err:
             msg = f"Daemon '{self.name}': no runtime directory for its default files: {err}"
             raise DaemonError(self.name, msg) from err
+        import hashlib  # noqa: PLC0415 - only for default file names
+
         slug = re.sub(r"[^a-z0-9._-]+", "-", self.name.lower()).strip("-.") or "daemon"
         stem = f"{slug[:40]}-{hashlib.sha256(self.name.encode()).hexdigest()[:8]}"
         return replace(
@@ -236,7 +250,7 @@ class Daemon:
 
     def ping_tcp(self, host: str, port: int) -> Self:
         """Ready when ``host:port`` accepts a TCP connection (every address it resolves to)."""
-        return self._with(ping_command=TcpPing(host, port))
+        return self._with(ping_command=_probe(self.name, TcpPing, host, port))
 
     def ping_unix(self, path: PathArg) -> Self:
         """Ready when the unix socket at ``path`` accepts a connection."""
@@ -244,7 +258,7 @@ class Daemon:
 
     def ping_http(self, url: str) -> Self:
         """Ready when a GET of ``url`` answers 2xx or 3xx."""
-        return self._with(ping_command=HttpPing(url))
+        return self._with(ping_command=_probe(self.name, HttpPing, url))
 
     def ping_command(self, command: str | Sequence[str]) -> Self:
         """Ready when ``command`` exits with status 0 (a str runs through the shell)."""
@@ -469,7 +483,7 @@ def _ping_from_option(identifier: str, value: object) -> Probe:
     if isinstance(value, list | tuple) and value:
         kind = value[0]
         if kind == "tcp" and len(value) == 3:  # noqa: PLR2004 - ("tcp", host, port)
-            return TcpPing(str(value[1]), value[2])
+            return _probe(identifier, TcpPing, str(value[1]), value[2])
         if kind == "unix" and len(value) == 2:  # noqa: PLR2004 - ("unix", path)
             return UnixPing(_absolute(value[1]))
         return CommandPing(_command(identifier, "ping_command", value))

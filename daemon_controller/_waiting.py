@@ -13,10 +13,10 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
-import tenacity
-
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    import tenacity
 
 T = TypeVar("T")
 
@@ -78,41 +78,64 @@ class Deadline:
         return self.clock.now() - self.started
 
 
+#: A check may take at most this share of the time: the pause after a check
+#: is at least 20 times as long as the check took (about 5% of a core).
+_COST_RATIO = 20.0
+#: The shortest pause grows by this many seconds per second waited, so a long
+#: wait gradually settles at ``max_interval`` (after 1 s: about 11 ms).
+_PATIENCE = 0.01
+
+
 def poll_until(
     check: Callable[[], T | None],
     *,
     deadline: Deadline,
     max_interval: float,
     first_interval: float = 0.001,
+    sleep: Callable[[float], None] | None = None,
 ) -> T | None:
     """Call ``check`` until it returns something other than ``None``.
+
+    The pause between checks adapts: it starts at ``first_interval``, is never
+    shorter than 20 times what the last check cost (so an expensive check,
+    like a command run as a ping, does not eat a core), grows slowly with the
+    time waited, and never exceeds ``max_interval`` or the time left.
 
     Args:
         check: Returns ``None`` for "not yet"; any other value ends the wait and
             is returned. Exceptions it raises end the wait and propagate.
         deadline: When to give up.
         max_interval: The longest pause between two checks, in seconds.
-        first_interval: The first pause, in seconds; pauses double up to
-            ``max_interval``.
+        first_interval: The shortest pause, in seconds.
+        sleep: How to pause; defaults to the deadline's clock. A caller can wait
+            on an event instead (a process exit) and return early.
 
     Returns:
         The first non-``None`` result, or ``None`` if the deadline passed first.
     """
-    backoff = tenacity.wait_exponential(
-        multiplier=first_interval,
-        min=first_interval,
-        max=max(first_interval, max_interval),
-    )
+    import tenacity  # noqa: PLC0415 - 20 ms of import time, not needed by is_running()
 
-    def pause(retry_state: tenacity.RetryCallState) -> float:
-        return min(backoff(retry_state), deadline.remaining())
+    clock = deadline.clock
+    cost = 0.0
+    ceiling = max(first_interval, max_interval)
+
+    def timed_check() -> T | None:
+        nonlocal cost
+        started = clock.now()
+        result = check()
+        cost = clock.now() - started
+        return result
+
+    def pause(_state: tenacity.RetryCallState) -> float:
+        floor = first_interval + deadline.elapsed() * _PATIENCE
+        return min(max(floor, cost * _COST_RATIO), ceiling, deadline.remaining())
 
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_result(lambda result: result is None),
         wait=pause,
         stop=lambda _state: deadline.expired(),
-        sleep=deadline.clock.sleep,
+        sleep=sleep or clock.sleep,
         retry_error_callback=lambda _state: None,
         reraise=True,
     )
-    return retrying(check)
+    return retrying(timed_check)

@@ -43,7 +43,9 @@ Files:
     ``"listening"`` right after ``listen()`` succeeds (extra key
     ``"address"``: ``"127.0.0.1:1234"``, ``"[::1]:1234"``, ``"unix:PATH"``, or
     null without a socket) and ``"exit"`` as the very last thing before
-    ``os._exit(0)`` on SIGTERM/SIGINT (extra key ``"signal"``).
+    ``os._exit(0)`` on SIGTERM/SIGINT (extra key ``"signal"``), or right
+    before a deliberate failure exit (``--exit-before-daemonize``,
+    ``--exit-after-daemonize``, ``--exit-after-pid``; extra key ``"reason"``).
 ``--write-file PATH=CONTENT``
     (Repeatable.)  After daemonizing, write ``CONTENT`` to ``PATH`` (atomic
     rename).  ``{env:NAME}`` is replaced by ``os.environ.get(NAME, "")``,
@@ -611,6 +613,7 @@ class _Server:
             _say(2, args.before_daemonize_message)
         if args.exit_before_daemonize is not None:
             _say(2, f"{_PROG}: failing before daemonizing")
+            self.record("exit", reason="exit-before-daemonize")
             os._exit(args.exit_before_daemonize)
         if args.signal_before_daemonize is not None:
             self._kill_self(args.signal_before_daemonize)
@@ -638,6 +641,7 @@ class _Server:
             _atomic_write(path, _expand(content))
         if args.exit_after_daemonize is not None:
             self.log("exiting after daemonizing")
+            self.record("exit", reason="exit-after-daemonize")
             os._exit(args.exit_after_daemonize)
         if args.wait_before_pid > 0:
             time.sleep(args.wait_before_pid)
@@ -648,6 +652,7 @@ class _Server:
             os._exit(1)
         if args.exit_after_pid is not None:
             self.log("exiting after writing pid file")
+            self.record("exit", reason="exit-after-pid")
             os._exit(args.exit_after_pid)
         wait = args.wait_before_listen
         if args.random_extra_wait > 0:

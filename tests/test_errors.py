@@ -170,9 +170,7 @@ def _all_errors() -> list[DaemonError]:
             pid=None,
         ),
         StartError(NAME, "killed", output=None, log=None, signal="SIGXCPU", pid=77),
-        StartTimeout(
-            NAME, "too slow", timeout=2.5, output="", log="", pid=99, reason="timed out"
-        ),
+        StartTimeout(NAME, "too slow", timeout=2.5, output="", log="", pid=99, reason="timed out"),
         StopError(NAME, "stop command failed", output="nope\n", exit_status=3, pid=12),
         StopTimeout(NAME, "killed after stop timeout", timeout=1.0, pid=13),
     ]
@@ -260,4 +258,3 @@ def test_real_start_error_raised_in_a_pool_worker_reaches_the_parent(tmp_path, t
     assert NAME in text.splitlines()[0]
     assert "failing before daemonizing\n(exited with status 3)" in text
     assert not (tmp_path / "echo.pid").exists()
-

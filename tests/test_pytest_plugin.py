@@ -95,12 +95,13 @@ class Inner:
             .env({MARKER: self.test_id})
         )
 
-    def conftest(self, scope: str) -> None:
+    def conftest(self, scope: str, extra: str = "") -> None:
         self.pytester.makeconftest(
             textwrap.dedent(
                 f"""
                 import os
                 import sys
+                import time
 
                 import pytest
 
@@ -121,15 +122,6 @@ class Inner:
                 )
                 LOG = {str(self.log_file)!r}
                 echo_daemon = daemon_fixture("echo_daemon", DAEMON, scope={scope!r})
-                import logging, time
-                logging.basicConfig(filename={str(self.pytester.path / "dc.log")!r}, level=logging.DEBUG,
-                    format=f"%(asctime)s {{os.getpid()}} {{os.environ.get('PYTEST_XDIST_WORKER','main')}} %(message)s")
-                logging.info("run env %s", os.environ.get("DAEMON_CONTROLLER_PYTEST_RUN"))
-                def pytest_unconfigure(config):
-                    from daemon_controller import pytest_plugin as pp
-                    logging.info("conftest unconfigure lease=%s", pp._run_lease)
-                def pytest_sessionfinish(session):
-                    logging.info("sessionfinish")
 
 
                 @pytest.fixture
@@ -144,6 +136,7 @@ class Inner:
                     return pid
                 """
             )
+            + textwrap.dedent(extra)
         )
 
     def run(self, *args: str, timeout: float = 60) -> pytest.RunResult:
@@ -164,7 +157,7 @@ class Inner:
 
 
 @pytest.fixture
-def inner(pytester: pytest.Pytester, test_id: str, monkeypatch: pytest.MonkeyPatch) -> Inner:
+def inner(pytester: pytest.Pytester, test_id: str, monkeypatch: pytest.MonkeyPatch):
     # The inner run must not believe it is an xdist worker of the outer run.
     for variable in (
         "PYTEST_XDIST_WORKER",
@@ -174,7 +167,10 @@ def inner(pytester: pytest.Pytester, test_id: str, monkeypatch: pytest.MonkeyPat
         "PYTEST_ADDOPTS",
     ):
         monkeypatch.delenv(variable, raising=False)
-    return Inner(pytester, test_id)
+    suite = Inner(pytester, test_id)
+    yield suite
+    # If the run left the daemon behind (a failed test), do not leave it to the sweeper.
+    suite.daemon().stop()
 
 
 # -- scopes ---------------------------------------------------------------------------------
@@ -344,7 +340,10 @@ def test_xdist_workers_share_one_session_daemon(inner: Inner):
             assert echo_daemon.read_pid() == note
         """
     )
-    result = inner.run("-n", "4", timeout=100)
+    # The hypothesis plugin (installed here) spends seconds in each worker's
+    # terminal summary after the worker reported "finished"; that delay is
+    # covered by the next test, not by this one.
+    result = inner.run("-n", "4", "-p", "no:hypothesispytest", timeout=100)
     result.assert_outcomes(passed=12)
     rows = inner.seen_rows()
     assert len(rows) == 12
@@ -352,6 +351,42 @@ def test_xdist_workers_share_one_session_daemon(inner: Inner):
     assert len(workers) >= 2, workers
     assert all(worker.startswith("gw") for worker in workers)
     pids = {pid for _, _, pid in rows}
+    assert len(pids) == 1
+    assert daemonized_count(inner.log_file) == 1
+    inner.assert_stopped(pids)
+
+
+@pytest.mark.slow
+def test_xdist_session_daemon_is_stopped_despite_a_slow_worker_shutdown(inner: Inner):
+    """A plugin that is slow after a worker has reported "finished" must not leak the daemon.
+
+    pytest-xdist gives a worker 5 s to exit once the controller starts tearing
+    the workers down, then interrupts it (SIGINT). A worker's terminal summary
+    runs in that window; plugins do real work there (hypothesis takes seconds
+    on a loaded machine). Here it takes longer than the 5 s, as it would on a
+    slow CI box: the session daemon must still be stopped at the end of the run.
+    """
+    inner.conftest(
+        "session",
+        extra="""
+
+        def pytest_terminal_summary(terminalreporter):
+            if os.environ.get("PYTEST_XDIST_WORKER"):
+                time.sleep(7)  # a slow plugin in the worker, after "workerfinished"
+        """,
+    )
+    inner.pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.parametrize("i", range(4))
+        def test_uses_the_daemon(note, i):
+            pass
+        """
+    )
+    result = inner.run("-n", "2", timeout=100)
+    result.assert_outcomes(passed=4)
+    pids = {pid for _, _, pid in inner.seen_rows()}
     assert len(pids) == 1
     assert daemonized_count(inner.log_file) == 1
     inner.assert_stopped(pids)

@@ -13,12 +13,15 @@ import asyncio
 import inspect
 import shlex
 import time
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 import pytest
 
 from daemon_controller import Daemon, StartError, requires
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 # -- helpers ------------------------------------------------------------------------------
 
@@ -242,9 +245,7 @@ def test_async_function_runs_with_both_daemons(pair, order):
 
     @requires(first, second)
     async def work(a, *, b):
-        seen["running"] = await asyncio.to_thread(
-            lambda: (first.is_running(), second.is_running())
-        )
+        seen["running"] = await asyncio.to_thread(lambda: (first.is_running(), second.is_running()))
         seen["pids"] = await asyncio.to_thread(lambda: (first.read_pid(), second.read_pid()))
         await asyncio.sleep(0)
         return a * b

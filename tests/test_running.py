@@ -121,6 +121,12 @@ def started(function) -> Worker:
     return worker
 
 
+def enter_unstartable(daemon: Daemon) -> None:
+    """Enter a block of a daemon that cannot start (raises its StartError)."""
+    with daemon.running():
+        pytest.fail("entered the block of a daemon that cannot start")
+
+
 def kill_quietly(pid: int | None) -> None:
     if pid is None:
         return
@@ -534,8 +540,7 @@ def test_failed_start_is_shared_by_threads_entering_at_once(echo, tmp_path):
 
     def enter():
         go.wait(60)
-        with daemon.running():
-            pytest.fail("entered the block of a daemon that cannot start")
+        enter_unstartable(daemon)
 
     workers = [started(enter) for _ in range(6)]
     for worker in workers:
@@ -548,8 +553,7 @@ def test_failed_start_is_shared_by_threads_entering_at_once(echo, tmp_path):
 
     # A later, fresh attempt tries again.
     with pytest.raises(StartError) as again:
-        with daemon.running():
-            pytest.fail("entered the block of a daemon that cannot start")
+        enter_unstartable(daemon)
     assert FAIL_MESSAGE in again.value.output
     assert lines(counter) == ["start", "start"]
 
@@ -568,15 +572,10 @@ def test_entrant_that_waited_for_a_failing_start_gets_its_error(echo, tmp_path):
         "--before-daemonize-message", FAIL_MESSAGE, "--exit-before-daemonize", "1"
     ).before_start(before_start)
 
-    def enter():
-        with daemon.running():
-            pytest.fail("entered the block of a daemon that cannot start")
-
-    first = started(enter)
+    first = started(lambda: enter_unstartable(daemon))
     assert spawning.wait(60)
     with pytest.raises(StartError) as late:
-        with daemon.running():
-            pytest.fail("entered the block of a daemon that cannot start")
+        enter_unstartable(daemon)
     first.join(60)
     assert_same_failure([first.error, late.value])
     assert lines(counter) == ["start"]
@@ -780,16 +779,22 @@ class BlockError(Exception):
     pass
 
 
+def fail_inside(daemon: Daemon, error: BaseException, pids: list[int | None]) -> None:
+    """A block that notes the daemon's PID, then raises ``error``."""
+    with daemon.running():
+        pids.append(daemon.read_pid())
+        raise error
+
+
 def test_exception_in_the_block_propagates_and_the_daemon_is_stopped(echo):
     daemon = echo()
     error = BlockError("from inside the block")
-    pid = None
+    pids: list[int | None] = []
     with pytest.raises(BlockError) as caught:
-        with daemon.running():
-            pid = daemon.read_pid()
-            raise error
+        fail_inside(daemon, error, pids)
     assert caught.value is error
     assert not getattr(error, "__notes__", [])
+    (pid,) = pids
     assert pid is not None
     assert wait_until(lambda: gone(pid))
     assert not daemon.is_running()
@@ -798,27 +803,27 @@ def test_exception_in_the_block_propagates_and_the_daemon_is_stopped(echo):
 def test_stop_error_does_not_hide_the_blocks_exception(echo):
     daemon = echo(name="stubborn echo").stop_with("exit 3")
     error = BlockError("from inside the block")
-    pid = None
+    pids: list[int | None] = []
     try:
         with pytest.raises(BlockError) as caught:
-            with daemon.running():
-                pid = daemon.read_pid()
-                raise error
+            fail_inside(daemon, error, pids)
         assert caught.value is error
         notes = getattr(error, "__notes__", [])
         assert any("stubborn echo" in note for note in notes), notes
+        assert pids[0] is not None
+        # The stop command failed, so the daemon is still there.
+        assert not gone(pids[0])
     finally:
-        kill_quietly(pid)
-    assert pid is not None
+        for pid in pids:
+            kill_quietly(pid)
 
 
 def test_stop_error_is_raised_when_the_block_succeeded(echo):
     daemon = echo(name="stubborn echo").stop_with("exit 3")
     pid = None
     try:
-        with pytest.raises(StopError) as caught:
-            with daemon.running():
-                pid = daemon.read_pid()
+        with pytest.raises(StopError) as caught, daemon.running():
+            pid = daemon.read_pid()
         assert caught.value.exit_status == 3
         assert "stubborn echo" in str(caught.value)
     finally:

@@ -32,18 +32,32 @@ def test_poll_returns_first_result_without_sleeping():
     assert clock.sleeps == []
 
 
-def test_poll_backs_off_from_a_millisecond_to_the_interval():
+def test_poll_starts_at_a_millisecond_and_settles_at_the_interval():
     clock = FakeClock()
     calls = []
 
     def check():
         calls.append(clock.now())
-        return "ready" if len(calls) == 12 else None
+        return "ready" if clock.now() >= 1020 else None
 
     assert poll_until(check, deadline=Deadline(60, clock), max_interval=0.1) == "ready"
     assert clock.sleeps[0] == pytest.approx(0.001)
     assert all(b >= a for a, b in zip(clock.sleeps, clock.sleeps[1:], strict=False))
-    assert max(clock.sleeps) == pytest.approx(0.1)
+    # The pause grows with the time waited (10 ms per second) up to max_interval.
+    assert clock.sleeps[-1] == pytest.approx(0.1)
+
+
+def test_poll_pause_is_at_least_twenty_times_what_a_check_costs():
+    clock = FakeClock()
+    calls = []
+
+    def expensive_check():
+        calls.append(clock.now())
+        clock.t += 0.004  # the check itself takes 4 ms of (virtual) time
+        return "ready" if len(calls) == 5 else None
+
+    assert poll_until(expensive_check, deadline=Deadline(60, clock), max_interval=1.0) == "ready"
+    assert all(pause == pytest.approx(0.08) for pause in clock.sleeps)
 
 
 def test_poll_never_sleeps_past_the_deadline_and_checks_once_more_at_it():

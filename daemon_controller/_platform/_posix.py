@@ -13,6 +13,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+if sys.platform != "win32":  # this module imports on Windows too, as the tests check
+    import fcntl
+else:  # pragma: no cover - Windows
+    fcntl = None
+
 DEFAULT_STOP_SIGNAL = "TERM"
 FORCE_SIGNAL_NAME = "SIGKILL"
 _WRONG_OS = "POSIX process control is not available on Windows"
@@ -149,3 +154,74 @@ def runtime_dir() -> Path:
         msg = f"{str(path)!r} is not a private directory of this user; refusing to use it"
         raise PermissionError(msg)
     return path
+
+
+def lock_fd(fd: int, *, shared: bool, blocking: bool = True) -> bool:
+    """``flock()`` an open file: shared or exclusive, waiting or not.
+
+    This is exactly what portalocker does on POSIX (its ``LOCKER`` is
+    ``fcntl.flock``), minus about 19 microseconds of argument checking per call,
+    which matters on the ``is_running()``/``connect()`` hot path (issue #5).
+
+    Returns:
+        ``False`` if ``blocking`` is false and a conflicting lock is held.
+    """
+    if sys.platform == "win32":  # pragma: no cover - the other OS
+        raise NotImplementedError(_WRONG_OS)
+    operation = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+    if not blocking:
+        operation |= fcntl.LOCK_NB
+    try:
+        fcntl.flock(fd, operation)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def unlock_fd(fd: int) -> None:
+    """Release a lock taken with :func:`lock_fd`."""
+    if sys.platform == "win32":  # pragma: no cover - the other OS
+        raise NotImplementedError(_WRONG_OS)
+    fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+class ExitHandle:
+    """A pidfd and a poller on it: ``exited()`` is one ``poll()`` system call."""
+
+    __slots__ = ("_fd", "_poller")
+    _fd: int
+    _poller: Any
+
+    def __init__(self, fd: int) -> None:
+        if sys.platform == "win32":  # pragma: no cover - the other OS
+            raise NotImplementedError(_WRONG_OS)
+        self._fd = fd
+        self._poller = select.poll()
+        self._poller.register(fd, select.POLLIN)
+
+    def exited(self) -> bool:
+        """Whether the process has exited (a zombie has)."""
+        return bool(self._poller.poll(0))
+
+    def close(self) -> None:
+        """Close the pidfd."""
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+
+
+def exit_handle(pid: int) -> ExitHandle | None:
+    """A handle that tells cheaply whether ``pid`` has exited, or ``None``.
+
+    A pidfd refers to one process for good: if the PID is later reused, the
+    pidfd still reports the old process as exited. That makes it a cheap and
+    exact liveness check for a PID we have verified once.
+    """
+    if sys.platform == "win32":  # pragma: no cover - the other OS
+        raise NotImplementedError(_WRONG_OS)
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is None:
+        return None
+    try:
+        return ExitHandle(pidfd_open(pid, 0))
+    except OSError:
+        return None

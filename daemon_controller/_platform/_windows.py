@@ -50,18 +50,29 @@ def signal_name(signum: int) -> str:
 
 
 def send_signal(pid: int, signum: int, *, group: bool = False) -> None:
-    """Deliver a console control event, or terminate for SIGTERM.
+    """Deliver a console control event, or terminate for any other value.
 
     CTRL_BREAK_EVENT reaches a process started with CREATE_NEW_PROCESS_GROUP (as
-    we start daemons) and lets it shut down cleanly; ``os.kill`` with any other
-    value calls TerminateProcess. ``group`` makes no difference: a console event
-    already reaches the whole process group.
+    we start daemons) and sharing our console, and lets it shut down cleanly.
+    When the event cannot be delivered (no shared console: the daemon was
+    started by another process), the process is terminated instead, since
+    waiting ``stop_timeout`` for an event that never arrives helps nobody.
+    ``group`` makes no difference: an event already reaches the whole group.
     """
-    if sys.platform != "win32":  # pragma: no cover - the other OS
+    if sys.platform != "win32":
         raise NotImplementedError(_WRONG_OS)
     del group
+    if pid <= 0:
+        msg = f"refusing to signal PID {pid}"
+        raise ValueError(msg)
     try:
-        psutil.Process(pid).send_signal(signum)
+        process = psutil.Process(pid)
+        try:
+            process.send_signal(signum)
+        except OSError:
+            if signum not in (signal.CTRL_BREAK_EVENT, signal.CTRL_C_EVENT):
+                raise
+            process.terminate()
     except psutil.NoSuchProcess as err:
         raise ProcessLookupError(pid) from err
     except psutil.AccessDenied as err:
@@ -83,15 +94,15 @@ def force_kill(pid: int, *, group: bool = False) -> None:
 
 
 def detach_kwargs() -> dict[str, Any]:
-    """``subprocess.Popen`` arguments for a detached child in its own process group."""
-    if sys.platform != "win32":  # pragma: no cover - the other OS
+    """``subprocess.Popen`` arguments for a child in its own process group.
+
+    CREATE_NEW_PROCESS_GROUP lets a CTRL_BREAK_EVENT reach the child (and not
+    us). No DETACHED_PROCESS: a console event only reaches processes attached
+    to the sender's console, so a detached child could only be terminated.
+    """
+    if sys.platform != "win32":
         raise NotImplementedError(_WRONG_OS)
-    flags = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0) | getattr(
-        subprocess,
-        "DETACHED_PROCESS",
-        0,
-    )
-    return {"creationflags": flags}
+    return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
 
 
 def wait_exit(pid: int, timeout: float) -> bool | None:
@@ -119,3 +130,53 @@ def runtime_dir() -> Path:
     path = Path(base) / "daemon-controller"
     path.mkdir(exist_ok=True)
     return path
+
+
+def lock_fd(fd: int, *, shared: bool, blocking: bool = True) -> bool:
+    """Lock an open file through portalocker (LockFileEx via pywin32 for shared locks).
+
+    Returns:
+        ``False`` if ``blocking`` is false and a conflicting lock is held.
+    """
+    if sys.platform != "win32":
+        raise NotImplementedError(_WRONG_OS)
+    import portalocker  # noqa: PLC0415 - Windows only; costs import time elsewhere
+
+    flags = portalocker.LockFlags.SHARED if shared else portalocker.LockFlags.EXCLUSIVE
+    if not blocking:
+        flags |= portalocker.LockFlags.NON_BLOCKING
+    try:
+        portalocker.lock(fd, flags)
+    except portalocker.AlreadyLocked:
+        return False
+    return True
+
+
+def unlock_fd(fd: int) -> None:
+    """Release a lock taken with :func:`lock_fd`."""
+    if sys.platform != "win32":
+        raise NotImplementedError(_WRONG_OS)
+    import portalocker  # noqa: PLC0415 - Windows only
+
+    portalocker.unlock(fd)
+
+
+class ExitHandle:
+    """Never made on Windows: :func:`exit_handle` returns ``None``."""
+
+    __slots__ = ()
+
+    def exited(self) -> bool:
+        """Not used on Windows."""
+        raise NotImplementedError(_WRONG_OS)
+
+    def close(self) -> None:
+        """Not used on Windows."""
+
+
+def exit_handle(pid: int) -> ExitHandle | None:
+    """No cheap exit handle here: liveness is checked through psutil each time."""
+    if sys.platform != "win32":
+        raise NotImplementedError(_WRONG_OS)
+    del pid
+    return None

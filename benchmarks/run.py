@@ -1,0 +1,407 @@
+"""Benchmarks: how fast daemon_controller notices readiness, exits and failures.
+
+Every figure is measured against our own test daemon (tests/echo_server.py),
+which records the exact moment (CLOCK_MONOTONIC, shared by all processes) at
+which it starts listening and at which it exits, so a delay is "when our call
+returned" minus "when the daemon did the thing". Prints a table of medians,
+90th percentiles, sample counts and the targets of issue #5.
+
+    python benchmarks/run.py              # our figures
+    python benchmarks/run.py --compare    # also mirakuru 3.x, same daemon, same runs
+    python benchmarks/run.py --json       # machine-readable
+    python benchmarks/run.py --runs 40    # more samples
+
+``--compare`` needs ``pip install mirakuru``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import multiprocessing
+import os
+import platform
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE.parent))
+
+from echo_server import echo_command, free_port  # noqa: E402
+
+from daemon_controller import Daemon, StartError  # noqa: E402
+
+MS = 1000.0
+
+
+@dataclass
+class Figure:
+    name: str
+    unit: str  # "ms" or "calls/s" or "ratio" or "count"
+    target: str
+    samples: list[float] = field(default_factory=list)
+    theirs: list[float] = field(default_factory=list)
+    note: str = ""
+
+    def median(self, values: list[float] | None = None) -> float | None:
+        values = self.samples if values is None else values
+        return statistics.median(values) if values else None
+
+    def p90(self, values: list[float] | None = None) -> float | None:
+        values = self.samples if values is None else values
+        if not values:
+            return None
+        ordered = sorted(values)
+        return ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))]
+
+
+def records(path: Path) -> list[dict[str, Any]]:
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
+def event_time(path: Path, event: str) -> float:
+    times = [r["monotonic"] for r in records(path) if r["event"] == event]
+    if not times:
+        msg = f"no {event!r} record in {path}"
+        raise RuntimeError(msg)
+    return float(times[-1])
+
+
+class Scratch:
+    """A fresh directory per run: PID, log and record files."""
+
+    def __init__(self, root: Path, n: int) -> None:
+        self.dir = root / f"run{n}"
+        self.dir.mkdir()
+        self.pid = self.dir / "echo.pid"
+        self.log = self.dir / "echo.log"
+        self.record = self.dir / "record.jsonl"
+        self.port = free_port()
+
+    def daemon(self, *args: str) -> Daemon:
+        command = echo_command(
+            "--port",
+            str(self.port),
+            "--pid-file",
+            str(self.pid),
+            "--log-file",
+            str(self.log),
+            "--record",
+            str(self.record),
+            *args,
+        )
+        return (
+            Daemon("bench echo")
+            .start_with(command)
+            .ping_tcp("127.0.0.1", self.port)
+            .pid(self.pid)
+            .log(self.log)
+            .start_timeout(20)
+        )
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+# -- ours -----------------------------------------------------------------------------
+
+
+def bench_start_stop(root: Path, runs: int, ready: Figure, exited: Figure, cpu: Figure) -> None:
+    for n in range(runs):
+        s = Scratch(root, n)
+        daemon = s.daemon("--wait-before-listen", "0.3", "--random-extra-wait", "0.1")
+        cpu0, t0 = cpu_seconds(), time.monotonic()
+        daemon.start()
+        returned = time.monotonic()
+        cpu.samples.append(100 * (cpu_seconds() - cpu0) / (returned - t0))
+        ready.samples.append((returned - event_time(s.record, "listening")) * MS)
+        daemon.stop()
+        returned = time.monotonic()
+        exited.samples.append((returned - event_time(s.record, "exit")) * MS)
+
+
+def bench_failure(root: Path, runs: int, figure: Figure, *args: str) -> None:
+    for n in range(runs):
+        s = Scratch(root, n)
+        daemon = s.daemon(*args).log_activity_timeout(30)
+        try:
+            daemon.start()
+        except StartError:
+            raised = time.monotonic()
+        else:
+            daemon.stop()
+            msg = "the daemon was expected to fail"
+            raise RuntimeError(msg)
+        figure.samples.append((raised - event_time(s.record, "exit")) * MS)
+
+
+def rate(function: Any, seconds: float = 1.0) -> float:
+    """Calls per second of ``function`` over about ``seconds``."""
+    count, started = 0, time.perf_counter()
+    deadline = started + seconds
+    while True:
+        for _ in range(100):
+            function()
+        count += 100
+        now = time.perf_counter()
+        if now >= deadline:
+            return count / (now - started)
+
+
+def bench_hot_paths(root: Path, is_running: Figure, connect: Figure) -> None:
+    s = Scratch(root, 10_000)
+    daemon = s.daemon()
+    daemon.start()
+    try:
+        for _ in range(5):
+            is_running.samples.append(rate(daemon.is_running))
+
+        def bare() -> None:
+            socket.create_connection(("127.0.0.1", s.port)).close()
+
+        def through() -> None:
+            daemon.connect(lambda: socket.create_connection(("127.0.0.1", s.port))).close()
+
+        for _ in range(5):
+            connect.samples.append(100 * rate(through) / rate(bare))
+    finally:
+        daemon.stop()
+
+
+def _connect_worker(args: tuple[str, str, str, str, int, Any, Any]) -> None:
+    pid, log, record, port_s, index, go, results = args
+    command = echo_command(
+        "--port", port_s, "--pid-file", pid, "--log-file", log, "--record", record,
+        "--wait-before-listen", "0.3",
+    )  # fmt: skip
+    daemon = (
+        Daemon("bench echo")
+        .start_with(command)
+        .ping_tcp("127.0.0.1", int(port_s))
+        .pid(pid)
+        .log(log)
+        .start_timeout(20)
+    )
+    go.wait(30)
+    sock = daemon.connect(lambda: socket.create_connection(("127.0.0.1", int(port_s))))
+    results.put((index, time.monotonic()))
+    sock.close()
+
+
+def bench_concurrent_connect(root: Path, rounds: int, starts: Figure, last: Figure) -> None:
+    context = multiprocessing.get_context("spawn")
+    for n in range(rounds):
+        s = Scratch(root, 20_000 + n)
+        go, results = context.Event(), context.Queue()
+        args = [
+            (str(s.pid), str(s.log), str(s.record), str(s.port), i, go, results) for i in range(16)
+        ]
+        procs = [context.Process(target=_connect_worker, args=(a,)) for a in args]
+        for p in procs:
+            p.start()
+        time.sleep(1.0)  # let all 16 interpreters come up and wait on the event
+        go.set()
+        returns = [results.get(timeout=60)[1] for _ in procs]
+        for p in procs:
+            p.join(30)
+        starts.samples.append(s.log.read_text().count("daemonized"))
+        last.samples.append((max(returns) - event_time(s.record, "listening")) * MS)
+        s.daemon().stop()
+
+
+def bench_import(runs: int, figure: Figure) -> None:
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import daemon_controller"], check=True)
+        figure.samples.append((time.perf_counter() - t0) * MS)
+
+
+# -- mirakuru ---------------------------------------------------------------------------
+
+
+def compare_mirakuru(root: Path, runs: int, figures: dict[str, Figure]) -> None:
+    try:
+        from mirakuru import PidExecutor, TCPExecutor  # noqa: PLC0415
+        from mirakuru.exceptions import ProcessExitedWithError, TimeoutExpired  # noqa: PLC0415
+    except ImportError:
+        sys.exit("--compare needs mirakuru: pip install mirakuru")
+
+    def command(s: Scratch, *args: str) -> list[str]:
+        # mirakuru runs programs in the foreground; same daemon, same options.
+        return echo_command(
+            "--port", str(s.port), "--pid-file", str(s.pid), "--log-file", str(s.log),
+            "--record", str(s.record), "--foreground", *args,
+        )  # fmt: skip
+
+    for n in range(runs):
+        s = Scratch(root, 30_000 + n)
+        ex = TCPExecutor(
+            command(s, "--wait-before-listen", "0.3", "--random-extra-wait", "0.1"),
+            host="127.0.0.1",
+            port=s.port,
+            timeout=20,
+        )
+        ex.start()
+        returned = time.monotonic()
+        figures["ready"].theirs.append((returned - event_time(s.record, "listening")) * MS)
+        ex.stop()
+        returned = time.monotonic()
+        figures["exit"].theirs.append((returned - event_time(s.record, "exit")) * MS)
+
+    cases = [
+        ("fail_before", ("--exit-before-daemonize", "3")),
+        ("die_after_pid", ("--exit-after-pid", "3")),
+    ]
+    for key, args in cases:
+        for n in range(runs):
+            s = Scratch(root, 40_000 + 1000 * len(key) + n)
+            ex = TCPExecutor(command(s, *args), host="127.0.0.1", port=s.port, timeout=20)
+            with contextlib.suppress(ProcessExitedWithError):
+                ex.start()
+            raised = time.monotonic()
+            figures[key].theirs.append((raised - event_time(s.record, "exit")) * MS)
+
+    # A daemonizing program that dies before its PID file: mirakuru's
+    # PidExecutor waits for the file until its timeout (here 3 s).
+    for n in range(min(runs, 3)):
+        s = Scratch(root, 50_000 + n)
+        daemonizing = [a for a in command(s, "--exit-after-daemonize", "1") if a != "--foreground"]
+        ex = PidExecutor(daemonizing, filename=str(s.pid), timeout=3)
+        with contextlib.suppress(ProcessExitedWithError, TimeoutExpired):
+            ex.start()
+        raised = time.monotonic()
+        figures["die_after_daemonize"].theirs.append(
+            (raised - event_time(s.record, "exit")) * MS
+        )
+        with contextlib.suppress(Exception):
+            ex.stop()
+
+
+# -- report -------------------------------------------------------------------------------
+
+
+def fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    if unit == "calls/s":
+        return f"{value:,.0f}"
+    if unit in ("%", "count"):
+        return f"{value:.1f}" if unit == "%" else f"{value:.0f}"
+    return f"{value:.2f}"
+
+
+def print_table(figures: list[Figure], compare: bool) -> None:
+    header = ["figure", "unit", "median", "p90", "n", "target"]
+    if compare:
+        header += ["mirakuru median", "ours/theirs"]
+    rows = [header]
+    for f in figures:
+        row = [
+            f.name,
+            f.unit,
+            fmt(f.median(), f.unit),
+            fmt(f.p90(), f.unit),
+            str(len(f.samples)),
+            f.target,
+        ]
+        if compare:
+            theirs = f.median(f.theirs)
+            ours = f.median()
+            ratio = "-"
+            if theirs and ours is not None:
+                ratio = f"{ours / theirs:.3f}"
+            row += [fmt(theirs, f.unit), ratio]
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    for i, row in enumerate(rows):
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+        if i == 0:
+            print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=20, help="samples per figure (default 20)")
+    parser.add_argument("--compare", action="store_true", help="also measure mirakuru")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    options = parser.parse_args()
+    runs = options.runs
+
+    figs = {
+        "ready": Figure("readiness delay: start() return - daemon listening", "ms", "<= 5 (p90 <= 10)"),  # noqa: E501
+        "exit": Figure("exit delay: stop() return - daemon exit", "ms", "<= 1"),
+        "fail_before": Figure("start command fails before daemonizing", "ms", "<= 20"),
+        "die_after_pid": Figure("daemon dies after PID file, before listening", "ms", "<= 10"),
+        "die_after_daemonize": Figure("daemon dies after daemonizing, before PID file", "ms", "<= 100"),  # noqa: E501
+        "cpu": Figure("controller CPU while waiting for a start", "%", "< 10"),
+        "is_running": Figure("is_running() on a running daemon", "calls/s", ">= 75,000"),
+        "connect": Figure("connect(fn) rate vs fn alone", "%", ">= 90"),
+        "starts": Figure("16 processes connect() at once: starts", "count", "1"),
+        "last": Figure("16 processes connect() at once: last return - ready", "ms", "<= 10"),
+        "import": Figure('python -c "import daemon_controller"', "ms", "<= 150"),
+    }
+    with tempfile.TemporaryDirectory(prefix="dc-bench-") as tmp:
+        root = Path(tmp)
+        (root / "a").mkdir()
+        bench_start_stop(root / "a", runs, figs["ready"], figs["exit"], figs["cpu"])
+        for key, args in [
+            ("fail_before", ("--exit-before-daemonize", "3")),
+            ("die_after_pid", ("--exit-after-pid", "3")),
+            ("die_after_daemonize", ("--exit-after-daemonize", "1")),
+        ]:
+            (root / key).mkdir()
+            bench_failure(root / key, runs, figs[key], *args)
+        (root / "hot").mkdir()
+        bench_hot_paths(root / "hot", figs["is_running"], figs["connect"])
+        (root / "conc").mkdir()
+        bench_concurrent_connect(root / "conc", max(3, runs // 4), figs["starts"], figs["last"])
+        bench_import(runs, figs["import"])
+        if options.compare:
+            (root / "mk").mkdir()
+            compare_mirakuru(root / "mk", runs, figs)
+
+    if options.json:
+        print(
+            json.dumps(
+                {
+                    key: {
+                        "name": f.name,
+                        "unit": f.unit,
+                        "median": f.median(),
+                        "p90": f.p90(),
+                        "n": len(f.samples),
+                        "target": f.target,
+                        "samples": f.samples,
+                        "mirakuru_median": f.median(f.theirs),
+                    }
+                    for key, f in figs.items()
+                },
+                indent=2,
+            )
+        )
+    else:
+        print(
+            f"daemon_controller benchmarks - {platform.node()}: {os.cpu_count()} cores, "
+            f"Python {platform.python_version()}, {platform.system()} {platform.release()}"
+        )
+        print_table(list(figs.values()), options.compare)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

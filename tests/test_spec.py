@@ -1,0 +1,771 @@
+"""The immutable ``Daemon`` builder, the ``DaemonController`` keyword form, and the probes.
+
+Covers issue 2 section 2: every builder method returns a new ``Daemon`` and
+sets the Ruby gem's option in ``.config``; the gem's defaults; relative paths
+made absolute when set; invalid values rejected with the daemon's name; the
+keyword constructor building the same object as the fluent one; actions on an
+incomplete daemon failing before anything is spawned; and the ping probes
+(``TcpPing``, ``UnixPing``, ``HttpPing``, ``CommandPing``, ``CallablePing``)
+checked against real listeners in this process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import http.server
+import logging
+import math
+import os
+import signal
+import socket
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from echo_server import echo_command, free_port
+
+from daemon_controller import (
+    CallablePing,
+    CommandPing,
+    Daemon,
+    DaemonController,
+    HttpPing,
+    TcpPing,
+    UnixPing,
+)
+
+NAME = "Spec test daemon"
+
+
+def _before() -> None:
+    pass
+
+
+def _start_fn() -> list[str]:
+    return ["true"]
+
+
+def _ping_fn() -> bool:
+    return True
+
+
+# -- immutability --------------------------------------------------------------------------
+
+
+# (method name, args): each call changes the config away from a fresh Daemon's.
+BUILDER_CALLS = [
+    ("start_with", ("run-me --daemon",)),
+    ("stop_with", ("stop-me",)),
+    ("restart_with", (["restart-me", "now"],)),
+    ("ping_tcp", ("127.0.0.1", 4321)),
+    ("ping_unix", ("/tmp/some.sock",)),
+    ("ping_http", ("http://127.0.0.1:4321/health",)),
+    ("ping_command", ("true",)),
+    ("ping", (_ping_fn,)),
+    ("pid", ("/tmp/some.pid",)),
+    ("log", ("/tmp/some.log",)),
+    ("lock", ("/tmp/some.lock",)),
+    ("before_start", (_before,)),
+    ("start_timeout", (5,)),
+    ("start_abort_timeout", (3,)),
+    ("stop_timeout", (4,)),
+    ("log_activity_timeout", (2,)),
+    ("ping_interval", (0.5,)),
+    ("stop_signal", ("INT",)),
+    ("dont_stop_if_pid_file_invalid", ()),
+    ("daemonize_for_me", ()),
+    ("keep_fds", (0, 1)),
+    ("env", ({"A": "1"},)),
+    ("cwd", ("/tmp",)),
+    ("logger", (logging.getLogger("spec.other"),)),
+]
+
+
+@pytest.mark.parametrize(("method", "args"), BUILDER_CALLS, ids=[c[0] for c in BUILDER_CALLS])
+def test_builder_method_returns_a_new_daemon_and_leaves_the_receiver(method, args):
+    base = Daemon(NAME).pid("/tmp/base.pid").start_timeout(7)
+    before = dataclasses.replace(base.config)
+    new = getattr(base, method)(*args)
+    assert isinstance(new, Daemon)
+    assert new is not base
+    assert new.config is not base.config
+    assert base.config == before
+    assert new.config != base.config
+    assert new.name == base.name
+    # The untouched options are carried over.
+    if method != "start_timeout":
+        assert new.config.start_timeout == 7
+    if method != "pid":
+        assert new.config.pid_file == Path("/tmp/base.pid")
+
+
+def test_one_base_specialised_two_ways(tmp_path):
+    base = Daemon(NAME).ping_tcp("127.0.0.1", 6379).pid(tmp_path / "redis.pid")
+    snapshot = base.config
+    test = base.start_with(["redis-server", "test.conf"]).log(tmp_path / "test.log")
+    prod = base.start_with("redis-server prod.conf").log(tmp_path / "prod.log").start_timeout(60)
+    assert base.config == snapshot
+    assert base.config.start_command is None
+    assert test.config.start_command == ("redis-server", "test.conf")
+    assert prod.config.start_command == "redis-server prod.conf"
+    assert test.config.log_file == tmp_path / "test.log"
+    assert prod.config.log_file == tmp_path / "prod.log"
+    assert test.config.start_timeout == 30
+    assert prod.config.start_timeout == 60
+    assert test.config.ping_command == prod.config.ping_command == TcpPing("127.0.0.1", 6379)
+
+
+def test_daemon_and_config_are_frozen():
+    d = Daemon(NAME).start_timeout(5)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        d.name = "other"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        d.config.start_timeout = 1  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        d.config = dataclasses.replace(d.config)  # type: ignore[misc]
+    assert d.name == NAME
+    assert d.config.start_timeout == 5
+
+
+def test_equal_descriptions_compare_equal():
+    a = Daemon(NAME).start_with("x").pid("/tmp/a.pid")
+    b = Daemon(NAME).start_with("x").pid("/tmp/a.pid")
+    assert a == b
+    assert a != b.pid("/tmp/b.pid")
+    assert a.identifier == NAME
+
+
+# -- options -----------------------------------------------------------------------------------
+
+
+def test_defaults_are_the_gems():
+    cfg = Daemon(NAME).config
+    assert cfg.start_timeout == 30
+    assert cfg.start_abort_timeout == 10
+    assert cfg.stop_timeout == 30
+    assert cfg.log_file_activity_timeout == 10
+    assert cfg.ping_interval == 0.1
+    assert cfg.stop_graceful_signal == "TERM"
+    assert cfg.dont_stop_if_pid_file_invalid is False
+    assert cfg.daemonize_for_me is False
+    assert cfg.keep_ios == ()
+    assert cfg.env == ()
+    for name in (
+        "start_command",
+        "stop_command",
+        "restart_command",
+        "ping_command",
+        "pid_file",
+        "log_file",
+        "lock_file",
+        "before_start",
+        "cwd",
+    ):
+        assert getattr(cfg, name) is None, name
+    assert cfg.logger is logging.getLogger("daemon_controller")
+
+
+def test_default_lock_file_is_pid_file_plus_lock(tmp_path):
+    d = Daemon(NAME)
+    assert d.config.effective_lock_file is None
+    d = d.pid(tmp_path / "x.pid")
+    assert d.config.lock_file is None
+    assert d.config.effective_lock_file == tmp_path / "x.pid.lock"
+    d = d.lock(tmp_path / "elsewhere.lck")
+    assert d.config.effective_lock_file == tmp_path / "elsewhere.lck"
+
+
+def test_default_lock_file_is_really_used(echo):
+    d = echo()
+    assert not d.is_running()
+    assert Path(str(echo.pid_file) + ".lock").exists()
+
+
+def _with_fileno():
+    class HasFileno:
+        def fileno(self) -> int:
+            return 2
+
+    return HasFileno()
+
+
+def _logger():
+    return logging.getLogger("spec.custom")
+
+
+# (builder call, Ruby option field, expected value)
+OPTION_CASES = [
+    (lambda d: d.start_with("daemon --fork"), "start_command", "daemon --fork"),
+    (lambda d: d.start_with(["daemon", "--fork"]), "start_command", ("daemon", "--fork")),
+    (lambda d: d.start_with(("daemon",)), "start_command", ("daemon",)),
+    (lambda d: d.start_with(_start_fn), "start_command", _start_fn),
+    (lambda d: d.stop_with("kill it"), "stop_command", "kill it"),
+    (lambda d: d.stop_with(["kill", "it"]), "stop_command", ("kill", "it")),
+    (lambda d: d.restart_with("again"), "restart_command", "again"),
+    (lambda d: d.restart_with(["again", "now"]), "restart_command", ("again", "now")),
+    (lambda d: d.ping_tcp("localhost", 1234), "ping_command", TcpPing("localhost", 1234)),
+    (lambda d: d.ping_unix("/run/x.sock"), "ping_command", UnixPing(Path("/run/x.sock"))),
+    (
+        lambda d: d.ping_http("http://localhost:8080/up"),
+        "ping_command",
+        HttpPing("http://localhost:8080/up"),
+    ),
+    (lambda d: d.ping_command("test -e /x"), "ping_command", CommandPing("test -e /x")),
+    (lambda d: d.ping_command(["test", "-e"]), "ping_command", CommandPing(("test", "-e"))),
+    (lambda d: d.ping(_ping_fn), "ping_command", CallablePing(_ping_fn)),
+    (lambda d: d.pid("/var/run/x.pid"), "pid_file", Path("/var/run/x.pid")),
+    (lambda d: d.log("/var/log/x.log"), "log_file", Path("/var/log/x.log")),
+    (lambda d: d.lock("/var/lock/x"), "lock_file", Path("/var/lock/x")),
+    (lambda d: d.before_start(_before), "before_start", _before),
+    (lambda d: d.start_timeout(25), "start_timeout", 25.0),
+    (lambda d: d.start_abort_timeout(0), "start_abort_timeout", 0.0),
+    (lambda d: d.stop_timeout(2.5), "stop_timeout", 2.5),
+    (lambda d: d.log_activity_timeout(3), "log_file_activity_timeout", 3.0),
+    (lambda d: d.ping_interval(0.02), "ping_interval", 0.02),
+    (lambda d: d.stop_signal("INT"), "stop_graceful_signal", "INT"),
+    (lambda d: d.stop_signal("SIGQUIT"), "stop_graceful_signal", "SIGQUIT"),
+    (lambda d: d.stop_signal(signal.SIGUSR1), "stop_graceful_signal", signal.SIGUSR1),
+    (lambda d: d.dont_stop_if_pid_file_invalid(), "dont_stop_if_pid_file_invalid", True),
+    (
+        lambda d: d.dont_stop_if_pid_file_invalid().dont_stop_if_pid_file_invalid(False),
+        "dont_stop_if_pid_file_invalid",
+        False,
+    ),
+    (lambda d: d.daemonize_for_me(), "daemonize_for_me", True),
+    (lambda d: d.keep_fds(0, 1), "keep_ios", (0, 1)),
+    (lambda d: d.keep_fds(_with_fileno(), 5), "keep_ios", (2, 5)),
+    (lambda d: d.env({"A": "1"}), "env", (("A", "1"),)),
+    (lambda d: d.env({"A": "1"}).env(B="2"), "env", (("A", "1"), ("B", "2"))),
+    (lambda d: d.env({"A": "1"}).env({"A": "3"}), "env", (("A", "3"),)),
+    (lambda d: d.cwd("/srv"), "cwd", Path("/srv")),
+    (lambda d: d.logger(_logger()), "logger", _logger()),
+]
+
+
+@pytest.mark.parametrize(("call", "field", "expected"), OPTION_CASES)
+def test_builder_sets_the_ruby_option(call, field, expected):
+    d = call(Daemon(NAME))
+    value = getattr(d.config, field)
+    assert value == expected
+    assert type(value) is type(expected)
+
+
+def test_keep_fds_with_a_real_file_object(tmp_path):
+    with (tmp_path / "kept").open("w") as f:
+        d = Daemon(NAME).keep_fds(f, f.fileno())
+        assert d.config.keep_ios == (f.fileno(), f.fileno())
+
+
+def test_relative_paths_become_absolute_when_set(tmp_path, monkeypatch):
+    first = tmp_path / "first"
+    second = tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    monkeypatch.chdir(first)
+    d = Daemon(NAME).pid("run/d.pid").log("d.log").lock("d.lock").cwd(".").ping_unix("d.sock")
+    monkeypatch.chdir(second)
+    cfg = d.config
+    assert cfg.pid_file == first / "run" / "d.pid"
+    assert cfg.log_file == first / "d.log"
+    assert cfg.lock_file == first / "d.lock"
+    assert cfg.cwd == first
+    assert cfg.ping_command == UnixPing(first / "d.sock")
+    for path in (cfg.pid_file, cfg.log_file, cfg.lock_file, cfg.cwd):
+        assert path.is_absolute()
+    # Same for the keyword form.
+    monkeypatch.chdir(first)
+    k = DaemonController(
+        identifier=NAME,
+        start_command="true",
+        ping_command=("unix", "k.sock"),
+        pid_file="k.pid",
+        log_file="k.log",
+        lock_file="k.lock",
+        cwd=".",
+    )
+    monkeypatch.chdir(second)
+    assert k.config.pid_file == first / "k.pid"
+    assert k.config.log_file == first / "k.log"
+    assert k.config.lock_file == first / "k.lock"
+    assert k.config.cwd == first
+    assert k.config.ping_command == UnixPing(first / "k.sock")
+
+
+def test_relative_paths_still_name_the_same_files_after_chdir(tmp_path, monkeypatch, test_id):
+    home = tmp_path / "home"
+    elsewhere = tmp_path / "elsewhere"
+    home.mkdir()
+    elsewhere.mkdir()
+    port = free_port()
+    monkeypatch.chdir(home)
+    d = (
+        Daemon(NAME)
+        .start_with(
+            echo_command("--port", str(port), "--pid-file", "echo.pid", "--log-file", "echo.log")
+        )
+        .ping_tcp("127.0.0.1", port)
+        .pid("echo.pid")
+        .log("echo.log")
+        .cwd(".")
+        .start_timeout(15)
+        .env({"DC_TEST_ID": test_id})
+    )
+    monkeypatch.chdir(elsewhere)
+    d.start()
+    try:
+        assert (home / "echo.pid").exists()
+        assert d.read_pid() == int((home / "echo.pid").read_text())
+        assert not (elsewhere / "echo.pid").exists()
+        assert list(elsewhere.iterdir()) == []
+    finally:
+        d.stop()
+    assert not (home / "echo.pid").exists()
+
+
+INVALID_CALLS = [
+    pytest.param(lambda d: d.start_timeout(-1), id="negative-start-timeout"),
+    pytest.param(lambda d: d.start_timeout(0), id="zero-start-timeout"),
+    pytest.param(lambda d: d.start_timeout(math.nan), id="nan-start-timeout"),
+    pytest.param(lambda d: d.start_timeout("30"), id="str-start-timeout"),
+    pytest.param(lambda d: d.start_timeout(True), id="bool-start-timeout"),
+    pytest.param(lambda d: d.stop_timeout(-0.5), id="negative-stop-timeout"),
+    pytest.param(lambda d: d.stop_timeout(math.nan), id="nan-stop-timeout"),
+    pytest.param(lambda d: d.start_abort_timeout(-1), id="negative-abort-timeout"),
+    pytest.param(lambda d: d.start_abort_timeout("1"), id="str-abort-timeout"),
+    pytest.param(lambda d: d.log_activity_timeout(-3), id="negative-log-activity"),
+    pytest.param(lambda d: d.log_activity_timeout(None), id="none-log-activity"),
+    pytest.param(lambda d: d.ping_interval(0), id="zero-ping-interval"),
+    pytest.param(lambda d: d.ping_interval(math.nan), id="nan-ping-interval"),
+    pytest.param(lambda d: d.start_with(""), id="empty-start-str"),
+    pytest.param(lambda d: d.start_with("   "), id="blank-start-str"),
+    pytest.param(lambda d: d.start_with([]), id="empty-start-argv"),
+    pytest.param(lambda d: d.start_with(["ok", 3]), id="non-str-argv"),
+    pytest.param(lambda d: d.start_with(b"bytes"), id="bytes-start"),
+    pytest.param(lambda d: d.start_with(42), id="int-start"),
+    pytest.param(lambda d: d.stop_with(""), id="empty-stop"),
+    pytest.param(lambda d: d.restart_with([]), id="empty-restart"),
+    pytest.param(lambda d: d.ping_command(""), id="empty-ping-command"),
+    pytest.param(lambda d: d.ping_tcp("127.0.0.1", 0), id="port-0"),
+    pytest.param(lambda d: d.ping_tcp("127.0.0.1", 65536), id="port-65536"),
+    pytest.param(lambda d: d.ping_tcp("127.0.0.1", "80"), id="port-str"),
+    pytest.param(lambda d: d.ping_http("ftp://127.0.0.1/"), id="url-ftp"),
+    pytest.param(lambda d: d.ping_http("not a url"), id="url-garbage"),
+    pytest.param(lambda d: d.ping_http("http://"), id="url-no-host"),
+    pytest.param(lambda d: d.ping(42), id="ping-not-callable"),
+    pytest.param(lambda d: d.before_start("echo hi"), id="before-start-not-callable"),
+    pytest.param(lambda d: d.stop_signal("NOSUCHSIGNAL"), id="unknown-signal"),
+    pytest.param(lambda d: d.stop_signal(9999), id="unknown-signal-number"),
+    pytest.param(lambda d: d.keep_fds("x"), id="keep-fds-str"),
+    pytest.param(lambda d: d.keep_fds(-1), id="keep-fds-negative"),
+    pytest.param(lambda d: d.keep_fds(1.5), id="keep-fds-float"),
+    pytest.param(lambda d: d.env({"A": 1}), id="env-int-value"),
+]
+
+
+@pytest.mark.parametrize("call", INVALID_CALLS)
+def test_invalid_values_are_rejected_naming_the_daemon(call):
+    d = Daemon(NAME)
+    with pytest.raises((ValueError, TypeError)) as info:
+        call(d)
+    assert NAME in str(info.value)
+
+
+def test_a_daemon_needs_a_name():
+    for bad in ("", "   "):
+        with pytest.raises(ValueError):
+            Daemon(bad)
+
+
+# -- the keyword constructor -------------------------------------------------------------------
+
+
+def test_keyword_constructor_builds_the_same_daemon_as_the_builder(tmp_path):
+    logger = logging.getLogger("spec.keywords")
+    fluent = (
+        Daemon(NAME)
+        .start_with(["server", "--daemon"])
+        .stop_with("server --stop")
+        .restart_with(["server", "--restart"])
+        .ping_tcp("localhost", 1234)
+        .pid(tmp_path / "s.pid")
+        .log(tmp_path / "s.log")
+        .lock(tmp_path / "s.lock")
+        .before_start(_before)
+        .start_timeout(25)
+        .start_abort_timeout(3)
+        .stop_timeout(7)
+        .log_activity_timeout(4)
+        .ping_interval(0.2)
+        .stop_signal("INT")
+        .dont_stop_if_pid_file_invalid()
+        .daemonize_for_me()
+        .keep_fds(0, 2)
+        .env({"MODE": "test"})
+        .cwd(tmp_path)
+        .logger(logger)
+    )
+    keywords = DaemonController(
+        identifier=NAME,
+        start_command=["server", "--daemon"],
+        stop_command="server --stop",
+        restart_command=["server", "--restart"],
+        ping_command=("tcp", "localhost", 1234),
+        pid_file=tmp_path / "s.pid",
+        log_file=str(tmp_path / "s.log"),
+        lock_file=tmp_path / "s.lock",
+        before_start=_before,
+        start_timeout=25,
+        start_abort_timeout=3,
+        stop_timeout=7,
+        log_file_activity_timeout=4,
+        ping_interval=0.2,
+        stop_graceful_signal="INT",
+        dont_stop_if_pid_file_invalid=True,
+        daemonize_for_me=True,
+        keep_ios=[0, 2],
+        env={"MODE": "test"},
+        cwd=tmp_path,
+        logger=logger,
+    )
+    assert isinstance(keywords, Daemon)
+    assert keywords == fluent
+
+
+def test_keyword_constructor_minimal_equals_builder_defaults(tmp_path):
+    keywords = DaemonController(
+        identifier=NAME,
+        start_command="server",
+        ping_command=("tcp", "localhost", 1234),
+        pid_file=tmp_path / "s.pid",
+        log_file=tmp_path / "s.log",
+        start_timeout=25,
+    )
+    fluent = (
+        Daemon(NAME)
+        .start_with("server")
+        .ping_tcp("localhost", 1234)
+        .pid(tmp_path / "s.pid")
+        .log(tmp_path / "s.log")
+        .start_timeout(25)
+    )
+    assert keywords == fluent
+
+
+@pytest.mark.parametrize(
+    ("option", "expected"),
+    [
+        (("tcp", "localhost", 1234), TcpPing("localhost", 1234)),
+        (["tcp", "127.0.0.1", 80], TcpPing("127.0.0.1", 80)),
+        (("unix", "/run/s.sock"), UnixPing(Path("/run/s.sock"))),
+        ("curl -f http://localhost/", CommandPing("curl -f http://localhost/")),
+        (["check", "--quiet"], CommandPing(("check", "--quiet"))),
+        (_ping_fn, CallablePing(_ping_fn)),
+    ],
+    ids=["tcp-tuple", "tcp-list", "unix", "command-str", "command-argv", "callable"],
+)
+def test_keyword_ping_command_forms(tmp_path, option, expected):
+    d = DaemonController(
+        identifier=NAME,
+        start_command="server",
+        ping_command=option,
+        pid_file=tmp_path / "s.pid",
+        log_file=tmp_path / "s.log",
+    )
+    assert d.config.ping_command == expected
+
+
+def test_keyword_ping_command_invalid(tmp_path):
+    with pytest.raises((TypeError, ValueError)) as info:
+        DaemonController(
+            identifier=NAME,
+            start_command="server",
+            ping_command=42,
+            pid_file=tmp_path / "s.pid",
+            log_file=tmp_path / "s.log",
+        )
+    assert NAME in str(info.value)
+    with pytest.raises((TypeError, ValueError)) as info:
+        DaemonController(
+            identifier=NAME,
+            start_command="server",
+            ping_command=("tcp", "localhost", 0),
+            pid_file=tmp_path / "s.pid",
+            log_file=tmp_path / "s.log",
+        )
+    assert NAME in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "missing", ["identifier", "start_command", "ping_command", "pid_file", "log_file"]
+)
+def test_keyword_constructor_missing_mandatory_keyword(tmp_path, missing):
+    options = {
+        "identifier": NAME,
+        "start_command": "server",
+        "ping_command": ("tcp", "localhost", 1234),
+        "pid_file": tmp_path / "s.pid",
+        "log_file": tmp_path / "s.log",
+    }
+    del options[missing]
+    with pytest.raises(TypeError, match=missing):
+        DaemonController(**options)
+
+
+def test_keyword_constructor_rejects_positional_arguments(tmp_path):
+    with pytest.raises(TypeError):
+        DaemonController(NAME, "server", ("tcp", "localhost", 1), "a.pid", "a.log")  # type: ignore[misc]
+
+
+# -- incomplete daemons ------------------------------------------------------------------------
+
+
+def _touch_command(marker: Path) -> list[str]:
+    return [sys.executable, "-c", f"open({str(marker)!r}, 'w').close()"]
+
+
+@pytest.mark.parametrize("action", ["is_running", "read_pid", "stop", "start", "restart"])
+def test_actions_without_pid_file(tmp_path, action):
+    marker = tmp_path / "spawned"
+    d = (
+        Daemon(NAME)
+        .start_with(_touch_command(marker))
+        .ping_tcp("127.0.0.1", free_port())
+        .log(tmp_path / "d.log")
+    )
+    with pytest.raises(ValueError) as info:
+        getattr(d, action)()
+    assert NAME in str(info.value)
+    assert "pid_file" in str(info.value)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("missing", ["start_command", "ping_command", "pid_file", "log_file"])
+@pytest.mark.parametrize("action", ["start", "connect", "restart"])
+def test_start_like_actions_name_the_missing_part(tmp_path, missing, action):
+    marker = tmp_path / "spawned"
+    parts = {
+        "start_command": lambda d: d.start_with(_touch_command(marker)),
+        "ping_command": lambda d: d.ping_tcp("127.0.0.1", free_port()),
+        "pid_file": lambda d: d.pid(tmp_path / "d.pid"),
+        "log_file": lambda d: d.log(tmp_path / "d.log"),
+    }
+    d = Daemon(NAME)
+    for name, add in parts.items():
+        if name != missing:
+            d = add(d)
+    called = []
+    args = (lambda: called.append(1),) if action == "connect" else ()
+    with pytest.raises(ValueError) as info:
+        getattr(d, action)(*args)
+    text = str(info.value)
+    assert NAME in text
+    assert missing in text
+    assert not marker.exists()
+    assert called == []
+
+
+# -- probes against real listeners -------------------------------------------------------------
+
+
+def _listening_tcp() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    return sock
+
+
+def test_tcp_ping_against_a_listener_and_a_closed_port():
+    with _listening_tcp() as listener:
+        port = listener.getsockname()[1]
+        assert TcpPing("127.0.0.1", port).check(2) is True
+        assert TcpPing("localhost", port).check(2) is True
+    assert TcpPing("127.0.0.1", port).check(2) is False
+    assert TcpPing("no-such-host.invalid", port).check(2) is False
+
+
+def test_tcp_ping_tries_ipv6_addresses_too():
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 support")
+    try:
+        listener = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    except OSError:
+        pytest.skip("cannot create an IPv6 socket")
+    with listener:
+        try:
+            listener.bind(("::1", 0))
+        except OSError:
+            pytest.skip("no IPv6 loopback here")
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        assert TcpPing("::1", port).check(2) is True
+        names = {info[4][0] for info in socket.getaddrinfo("localhost", port)}
+        if "::1" in names:
+            # Only the IPv6 address answers: every resolved address must be tried.
+            assert TcpPing("localhost", port).check(2) is True
+
+
+def test_unix_ping_against_a_listener_a_dead_socket_and_no_file(tmp_path):
+    path = tmp_path / "ping.sock"
+    assert UnixPing(path).check(2) is False
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with listener:
+        listener.bind(str(path))
+        listener.listen(8)
+        assert UnixPing(path).check(2) is True
+        assert Daemon(NAME).ping_unix(path).config.ping_command.check(2) is True
+    # The socket file is still there, but nobody listens: refused.
+    assert path.exists()
+    assert UnixPing(path).check(2) is False
+
+
+class _StatusHandler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        status = int(self.path.split("?")[0].strip("/") or "200")
+        self.send_response(status)
+        if status in (301, 302):
+            self.send_header("Location", "/200")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *_args) -> None:
+        pass
+
+
+@pytest.fixture
+def http_server():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _StatusHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+@pytest.mark.parametrize(
+    ("status", "ready"), [(200, True), (204, True), (302, True), (404, False), (500, False)]
+)
+def test_http_ping_status_codes(http_server, status, ready):
+    assert HttpPing(f"http://127.0.0.1:{http_server}/{status}").check(5) is ready
+
+
+def test_http_ping_closed_port_and_query(http_server):
+    assert HttpPing(f"http://127.0.0.1:{http_server}/200?probe=1").check(5) is True
+    assert HttpPing(f"http://127.0.0.1:{free_port()}/").check(2) is False
+
+
+def test_http_ping_against_a_non_http_listener():
+    with _listening_tcp() as listener:
+        port = listener.getsockname()[1]
+
+        def answer_garbage() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(4096)
+                conn.sendall(b"this is not http\r\n\r\n")
+
+        thread = threading.Thread(target=answer_garbage, daemon=True)
+        thread.start()
+        try:
+            assert HttpPing(f"http://127.0.0.1:{port}/").check(5) is False
+        finally:
+            thread.join(timeout=10)
+
+
+def test_command_ping_exit_status(tmp_path):
+    assert CommandPing("exit 0").check(5) is True
+    assert CommandPing("exit 1").check(5) is False
+    assert CommandPing((sys.executable, "-c", "raise SystemExit(0)")).check(5) is True
+    assert CommandPing((sys.executable, "-c", "raise SystemExit(3)")).check(5) is False
+    assert CommandPing((str(tmp_path / "no-such-program"),)).check(5) is False
+    marker = tmp_path / "ready"
+    ping = Daemon(NAME).ping_command(f"test -e {marker}").config.ping_command
+    assert ping.check(5) is False
+    marker.touch()
+    assert ping.check(5) is True
+
+
+def test_callable_ping_closes_a_returned_socket():
+    with _listening_tcp() as listener:
+        port = listener.getsockname()[1]
+        returned: list[socket.socket] = []
+
+        def fn() -> socket.socket:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            returned.append(sock)
+            return sock
+
+        assert CallablePing(fn).check(2) is True
+        assert len(returned) == 1
+        assert returned[0].fileno() == -1  # closed by the probe
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(5)
+            assert conn.recv(1) == b""  # the peer sees the close
+
+
+def test_callable_ping_ignores_errors_from_close():
+    closes = []
+
+    class Grumpy:
+        def close(self) -> None:
+            closes.append(1)
+            raise OSError(errno.EBADF, "already closed")
+
+    assert CallablePing(Grumpy).check(1) is True
+    assert closes == [1]
+
+
+@pytest.mark.parametrize(
+    ("result", "ready"), [(None, False), (False, False), (0, False), (True, True), ("yes", True)]
+)
+def test_callable_ping_truthiness(result, ready):
+    assert CallablePing(lambda: result).check(1) is ready
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ConnectionRefusedError(errno.ECONNREFUSED, "refused"),
+        ConnectionResetError(errno.ECONNRESET, "reset"),
+        TimeoutError("timed out"),
+        FileNotFoundError(errno.ENOENT, "no socket"),
+        OSError(errno.ENETUNREACH, "unreachable"),
+        OSError(errno.EADDRNOTAVAIL, "not available"),
+        OSError(errno.EINVAL, "invalid"),
+    ],
+    ids=lambda e: type(e).__name__ + str(getattr(e, "errno", "")),
+)
+def test_callable_ping_connect_errors_mean_not_ready(error):
+    def fn():
+        raise error
+
+    assert CallablePing(fn).check(1) is False
+
+
+@pytest.mark.parametrize(
+    "error",
+    [ValueError("bug in the ping"), PermissionError(errno.EACCES, "denied"), KeyError("k")],
+    ids=["ValueError", "PermissionError", "KeyError"],
+)
+def test_callable_ping_other_errors_propagate(error):
+    def fn():
+        raise error
+
+    with pytest.raises(type(error)) as info:
+        CallablePing(fn).check(1)
+    assert info.value is error
+
+
+def test_probes_describe_themselves(tmp_path):
+    assert "127.0.0.1" in TcpPing("127.0.0.1", 80).describe()
+    assert "80" in TcpPing("127.0.0.1", 80).describe()
+    assert str(tmp_path / "s") in UnixPing(tmp_path / "s").describe()
+    assert HttpPing("http://x/").describe() == "http://x/"
+    assert "exit 0" in CommandPing("exit 0").describe()
+    assert "_ping_fn" in CallablePing(_ping_fn).describe()
+    assert os.sep in UnixPing(tmp_path / "s").describe()
