@@ -31,7 +31,10 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
@@ -73,11 +76,20 @@ def records(path: Path) -> list[dict[str, Any]]:
 
 
 def event_time(path: Path, event: str) -> float:
-    times = [r["monotonic"] for r in records(path) if r["event"] == event]
-    if not times:
-        msg = f"no {event!r} record in {path}"
-        raise RuntimeError(msg)
-    return float(times[-1])
+    """When the daemon recorded ``event``; waits briefly for the line to land.
+
+    The daemon takes its timestamp, then writes and fsyncs the line: a fast
+    controller can return in between.
+    """
+    deadline = time.monotonic() + 5
+    while True:
+        times = [r["monotonic"] for r in records(path) if r["event"] == event]
+        if times:
+            return float(times[-1])
+        if time.monotonic() > deadline:
+            msg = f"no {event!r} record in {path}"
+            raise RuntimeError(msg)
+        time.sleep(0.001)
 
 
 class Scratch:
@@ -150,7 +162,7 @@ def bench_failure(root: Path, runs: int, figure: Figure, *args: str) -> None:
         figure.samples.append((raised - event_time(s.record, "exit")) * MS)
 
 
-def rate(function: Any, seconds: float = 1.0) -> float:
+def rate(function: Callable[[], object], seconds: float = 1.0) -> float:
     """Calls per second of ``function`` over about ``seconds``."""
     count, started = 0, time.perf_counter()
     deadline = started + seconds
@@ -183,8 +195,8 @@ def bench_hot_paths(root: Path, is_running: Figure, connect: Figure) -> None:
         daemon.stop()
 
 
-def _connect_worker(args: tuple[str, str, str, str, int, Any, Any]) -> None:
-    pid, log, record, port_s, index, go, results = args
+def _connect_worker(args: tuple[str, str, str, str, int, Any, Any, Any]) -> None:
+    pid, log, record, port_s, index, ready, go, results = args
     command = echo_command(
         "--port", port_s, "--pid-file", pid, "--log-file", log, "--record", record,
         "--wait-before-listen", "0.3",
@@ -197,7 +209,9 @@ def _connect_worker(args: tuple[str, str, str, str, int, Any, Any]) -> None:
         .log(log)
         .start_timeout(20)
     )
-    go.wait(30)
+    daemon.is_running()  # warm up: imports, lock file, PID-file cache
+    ready.put(index)
+    go.wait(60)
     sock = daemon.connect(lambda: socket.create_connection(("127.0.0.1", int(port_s))))
     results.put((index, time.monotonic()))
     sock.close()
@@ -207,14 +221,16 @@ def bench_concurrent_connect(root: Path, rounds: int, starts: Figure, last: Figu
     context = multiprocessing.get_context("spawn")
     for n in range(rounds):
         s = Scratch(root, 20_000 + n)
-        go, results = context.Event(), context.Queue()
+        ready, go, results = context.Queue(), context.Event(), context.Queue()
         args = [
-            (str(s.pid), str(s.log), str(s.record), str(s.port), i, go, results) for i in range(16)
+            (str(s.pid), str(s.log), str(s.record), str(s.port), i, ready, go, results)
+            for i in range(16)
         ]
         procs = [context.Process(target=_connect_worker, args=(a,)) for a in args]
         for p in procs:
             p.start()
-        time.sleep(1.0)  # let all 16 interpreters come up and wait on the event
+        for _ in procs:  # all 16 interpreters are up and waiting
+            ready.get(timeout=60)
         go.set()
         returns = [results.get(timeout=60)[1] for _ in procs]
         for p in procs:
@@ -255,6 +271,7 @@ def compare_mirakuru(root: Path, runs: int, figures: dict[str, Figure]) -> None:
             host="127.0.0.1",
             port=s.port,
             timeout=20,
+            stderr=subprocess.DEVNULL,
         )
         ex.start()
         returned = time.monotonic()
@@ -270,7 +287,13 @@ def compare_mirakuru(root: Path, runs: int, figures: dict[str, Figure]) -> None:
     for key, args in cases:
         for n in range(runs):
             s = Scratch(root, 40_000 + 1000 * len(key) + n)
-            ex = TCPExecutor(command(s, *args), host="127.0.0.1", port=s.port, timeout=20)
+            ex = TCPExecutor(
+                command(s, *args),
+                host="127.0.0.1",
+                port=s.port,
+                timeout=20,
+                stderr=subprocess.DEVNULL,
+            )
             with contextlib.suppress(ProcessExitedWithError):
                 ex.start()
             raised = time.monotonic()
@@ -281,13 +304,11 @@ def compare_mirakuru(root: Path, runs: int, figures: dict[str, Figure]) -> None:
     for n in range(min(runs, 3)):
         s = Scratch(root, 50_000 + n)
         daemonizing = [a for a in command(s, "--exit-after-daemonize", "1") if a != "--foreground"]
-        ex = PidExecutor(daemonizing, filename=str(s.pid), timeout=3)
+        ex = PidExecutor(daemonizing, filename=str(s.pid), timeout=3, stderr=subprocess.DEVNULL)
         with contextlib.suppress(ProcessExitedWithError, TimeoutExpired):
             ex.start()
         raised = time.monotonic()
-        figures["die_after_daemonize"].theirs.append(
-            (raised - event_time(s.record, "exit")) * MS
-        )
+        figures["die_after_daemonize"].theirs.append((raised - event_time(s.record, "exit")) * MS)
         with contextlib.suppress(Exception):
             ex.stop()
 
@@ -343,11 +364,15 @@ def main() -> int:
     runs = options.runs
 
     figs = {
-        "ready": Figure("readiness delay: start() return - daemon listening", "ms", "<= 5 (p90 <= 10)"),  # noqa: E501
+        "ready": Figure(
+            "readiness delay: start() return - daemon listening", "ms", "<= 5 (p90 <= 10)"
+        ),
         "exit": Figure("exit delay: stop() return - daemon exit", "ms", "<= 1"),
         "fail_before": Figure("start command fails before daemonizing", "ms", "<= 20"),
         "die_after_pid": Figure("daemon dies after PID file, before listening", "ms", "<= 10"),
-        "die_after_daemonize": Figure("daemon dies after daemonizing, before PID file", "ms", "<= 100"),  # noqa: E501
+        "die_after_daemonize": Figure(
+            "daemon dies after daemonizing, before PID file", "ms", "<= 100"
+        ),
         "cpu": Figure("controller CPU while waiting for a start", "%", "< 10"),
         "is_running": Figure("is_running() on a running daemon", "calls/s", ">= 75,000"),
         "connect": Figure("connect(fn) rate vs fn alone", "%", ">= 90"),

@@ -39,6 +39,10 @@ _LOG_TAIL_BYTES = 64 * 1024
 _KILL_GRACE = 5.0
 #: "Everything the start created has exited" must hold this long to count.
 _ALL_GONE_CONFIRM = 0.015
+#: While a watched descendant lives, all processes are scanned this often...
+_RESCAN = 0.05
+#: ...and otherwise at most this often (a scan of ~100 processes costs ~1.5 ms).
+_MIN_SCAN_GAP = 0.01
 
 
 # -- validation ----------------------------------------------------------------------
@@ -247,6 +251,10 @@ class _Start:
         self.marker = _tracking.new_marker()
         self.tracker: _tracking.Descendants | None = None
         self.all_gone_since: float | None = None
+        self.watched: int | None = None  # a living descendant, while there is no PID file
+        self.last_scan = -_RESCAN
+        self.scan_spent = 0.0
+        self.handles: dict[int, _platform.ExitHandle | None] = {}
 
     # spawning ------------------------------------------------------------------
 
@@ -309,12 +317,38 @@ class _Start:
         if pid is None:
             return None
         if not self.probe.check(min(max(self.deadline.remaining(), 0.001), 1.0)):
-            if not _process.is_alive(pid):
+            if not self._alive(pid):
                 self._on_daemon_death(pid)
             return None
-        if not _process.is_alive(pid):  # a stranger answered the ping
+        if not self._alive(pid):  # a stranger answered the ping
             self._on_daemon_death(pid)
         return True
+
+    def _alive(self, pid: int) -> bool:
+        """Whether ``pid`` runs: psutil the first time, then its pidfd (one ``poll()``).
+
+        Cheap checks mean short pauses between them (see ``poll_until``), and
+        so a short delay between the daemon becoming ready and ``start()``
+        returning.
+        """
+        if pid not in self.handles:
+            if not _process.is_alive(pid):
+                return False
+            self.handles[pid] = _platform.exit_handle(pid)
+            return True
+        handle = self.handles[pid]
+        if handle is None:
+            return _process.is_alive(pid)
+        if handle.exited():
+            _process.reap(pid)
+            return False
+        return True
+
+    def _close_handles(self) -> None:
+        for handle in self.handles.values():
+            if handle is not None:
+                handle.close()
+        self.handles.clear()
 
     def _on_command_exit(self, returncode: int) -> None:
         if returncode == 0 and not self.detached:
@@ -337,14 +371,14 @@ class _Start:
         assert self.proc is not None  # noqa: S101 - set in run()
         written = _pidfile.read_pid(self.pid_file)
         if written is not None:
-            if _process.is_alive(written):
+            if self._alive(written):
                 self.pid = written
                 return written
             if self.pid is None or written == self.pid:
                 self._on_daemon_death(written)
         if self.pid is not None:
             # The PID file vanished or is being rewritten; keep watching the PID we know.
-            if _process.is_alive(self.pid):
+            if self._alive(self.pid):
                 return self.pid
             self._on_daemon_death(self.pid)
         if self.detached:
@@ -374,33 +408,57 @@ class _Start:
         """Pause between checks, waking early when the process we watch exits.
 
         While the start command runs, that is the command (its exit is the next
-        thing to react to); once the daemon is known, the daemon (its death
-        ends the start at once). Event-driven where the platform allows.
+        thing to react to); then the daemon, from its PID file or, before there
+        is one, from the environment marker (its death ends the start at once).
+        Event-driven where the platform has exit handles (pidfd).
         """
         target = None
         if self.proc is not None and self.returncode is None:
             target = self.proc.pid
         elif self.pid is not None:
             target = self.pid
-        if (
-            target is not None
-            and isinstance(self.clock, MonotonicClock)
-            and _platform.wait_exit(target, seconds) is not None
-        ):
-            return
+        else:
+            target = self.watched
+        if target is not None and isinstance(self.clock, MonotonicClock):
+            if target not in self.handles:
+                self._alive(target)
+            handle = self.handles.get(target)
+            if handle is not None:
+                handle.wait(seconds)
+                return
         self.clock.sleep(seconds)
+
+    def _take_scan_time(self) -> float:
+        spent, self.scan_spent = self.scan_spent, 0.0
+        return spent
 
     def _check_descendants(self) -> None:
         """Fail at once when every process the start command created has exited.
 
-        Seen twice, a few milliseconds apart, so that a process caught between
-        two forks is not mistaken for a dead daemon.
+        The newest living descendant is watched through its exit handle, which
+        is cheap; only when it exits (or every ``_RESCAN`` seconds) are all
+        processes scanned again. "All exited" must be seen twice, a few
+        milliseconds apart, so that a process caught between two forks is not
+        mistaken for a dead daemon.
         """
-        assert self.tracker is not None  # noqa: S101 - set in run()
-        if self.tracker.any_alive():
-            self.all_gone_since = None
-            return
+        tracker = self.tracker
+        assert tracker is not None  # noqa: S101 - set in run()
         now = self.clock.now()
+        since_scan = now - self.last_scan
+        if self.watched is not None and self._alive(self.watched):
+            if since_scan < _RESCAN:
+                return
+        elif since_scan < _MIN_SCAN_GAP:
+            return
+        self.last_scan = now
+        alive = tracker.any_alive()
+        # Scans are rate-limited here; they must not also stretch the pauses.
+        self.scan_spent += self.clock.now() - now
+        if alive:
+            self.all_gone_since = None
+            self.watched = tracker.newest_alive()
+            return
+        self.watched = None
         if self.all_gone_since is None:
             self.all_gone_since = now
             return
@@ -430,14 +488,16 @@ class _Start:
         logger = self.cfg.logger
         logger.info("Starting daemon '%s': %s", self.daemon.name, self._command_text())
         try:
+            self.tracker = _tracking.Descendants(self.marker)
             self.proc = self._spawn()
-            self.tracker = _tracking.Descendants(self.marker, self.proc.pid)
+            self.tracker.attach(self.proc.pid)
             self.last_activity = self.clock.now()
             ready = poll_until(
                 self._check,
                 deadline=self.deadline,
                 max_interval=self.cfg.ping_interval,
                 sleep=self._sleep,
+                overhead=self._take_scan_time,
             )
             if not ready:
                 self._timed_out()
@@ -448,6 +508,8 @@ class _Start:
             self._abort()
             self._close_output()
             raise
+        finally:
+            self._close_handles()
         if self.detached and _pidfile.read_pid(self.pid_file) is None and self.pid is not None:
             # Many programs refuse to start when their PID file exists, so we
             # write it only now, and only if the program wrote none itself.
@@ -806,16 +868,26 @@ def connect(daemon: Daemon, function: Callable[[], T | None], clock: Clock = SYS
     """See :meth:`Daemon.connect`."""
     _require(daemon, *_START_PARTS)
     _, lock = _paths(daemon)
+    # Taken before the first attempt: a caller queued behind a start in progress
+    # (even for the shared lock) is waiting for that start, and shares its failure.
+    since = _failures.now()
     with _lock.locked(lock, daemon.name, shared=True):
         result, _ = _attempt(function)
     if result is not None:
         return result
-    since = _failures.now()
-    # As in the gem, the second attempt runs under the exclusive lock, so no
-    # stop() can slip in between the start and the connection.
     with _lock.locked(lock, daemon.name, shared=False):
-        _ensure_running_locked(daemon, since, clock)
-        result, error = _attempt(function)
+        started = _ensure_running_locked(daemon, since, clock)
+        if started:
+            # As in the gem: the caller that started the daemon connects under
+            # the exclusive lock, so no stop() slips in between.
+            result, error = _attempt(function)
+    if not started:
+        # Somebody else started it while we queued. Connect under the shared
+        # lock (no stop() can slip in either), alongside the other callers that
+        # queued: sixteen callers of a starting daemon then get through in
+        # milliseconds, instead of one after another.
+        with _lock.locked(lock, daemon.name, shared=True):
+            result, error = _attempt(function)
     if result is not None:
         return result
     detail = f": {error} ({type(error).__name__})" if error is not None else ""

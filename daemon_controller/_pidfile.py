@@ -133,21 +133,45 @@ def _examine(key: str) -> int | None:
     data, info = content
     signature = (info.st_dev, info.st_ino, info.st_mtime_ns, info.st_size)
     pid = parse_pid(data)
-    if pid is None or not _process.is_alive(pid):
+    verdict = None if pid is None else _verify(pid, info.st_mtime)
+    if verdict is None:
         _remember(key, _Verdict(signature, None, None))
         return None
-    created = _process.create_time(pid)
-    if created is not None and created > info.st_mtime + _CLOCK_SLACK:
-        _remember(key, _Verdict(signature, None, None))  # a reused PID
-        return None
-    handle = _platform.exit_handle(pid)
-    if handle is not None and _process.create_time(pid) != created:
-        # The process died and its PID was reused between our two looks: the
-        # handle belongs to the newcomer. Decide again next time.
-        handle.close()
-        return None
+    live, handle = verdict
+    if not live:
+        return None  # undecided (a PID reused while we looked): look again next time
     _remember(key, _Verdict(signature, pid, handle))
     return pid
+
+
+def _verify(pid: int, written: float) -> tuple[bool, _platform.ExitHandle | None] | None:
+    """Is ``pid`` a live process that existed when its PID file was written?
+
+    The exit handle is opened *first*: it pins one process, and reading the
+    creation time afterwards, then seeing the handle still open, proves both
+    belong to the same process.
+
+    Returns:
+        ``None`` for no (dead, zombie, or younger than the file: a reused PID);
+        ``(True, handle)`` for yes; ``(False, None)`` when undecided.
+    """
+    handle = _platform.exit_handle(pid)
+    if handle is None:  # no pidfd here: psutil, with its zombie check
+        if not _process.is_alive(pid):
+            return None
+        created = _process.create_time(pid)
+        return None if created is not None and created > written + _CLOCK_SLACK else (True, None)
+    if handle.exited():
+        handle.close()
+        return None
+    created = _process.create_time(pid)
+    if handle.exited():
+        handle.close()
+        return (False, None)
+    if created is not None and created > written + _CLOCK_SLACK:
+        handle.close()
+        return None
+    return (True, handle)
 
 
 def remove(path: Path) -> None:

@@ -8,8 +8,8 @@ descendants inherit. psutil reads it back.
 
 Two more facts make the search cheap and safe:
 
-* Only processes created after the start command are candidates (psutil's
-  creation times, compared with the start command's own, on one clock).
+* Only processes that did not exist before the start command was spawned are
+  candidates, and each is looked at once.
 * A process whose parent we already track is tracked too, which also covers a
   descendant that cleared its environment while its parent was still alive.
 
@@ -29,8 +29,6 @@ from . import _process
 from ._waiting import Clock, Deadline
 
 MARKER = "DAEMON_CONTROLLER_START"
-#: Creation times are rounded to clock ticks; allow a little before the command's.
-_CREATE_SLACK = 0.05
 
 
 def new_marker() -> str:
@@ -39,27 +37,35 @@ def new_marker() -> str:
 
 
 class Descendants:
-    """The processes created by one start command, found by marker and parentage."""
+    """The processes created by one start command, found by marker and parentage.
 
-    def __init__(self, marker: str, root_pid: int) -> None:
+    Made *before* the command is spawned: every PID that exists at that moment
+    is not a descendant, so a scan only looks at processes that appeared since
+    (on a busy machine, a handful), and each of them only once.
+    """
+
+    def __init__(self, marker: str) -> None:
         self.marker = marker
-        self.root_pid = root_pid
+        self.root_pid: int | None = None
         # pid -> creation time; the creation time tells a reused PID apart.
         self.known: dict[int, float] = {}
-        self.since = 0.0
-        with contextlib.suppress(psutil.Error):
-            created = psutil.Process(root_pid).create_time()
-            self.known[root_pid] = created
-            self.since = created - _CREATE_SLACK
+        self.before = set(psutil.pids())
+        self.strangers: set[int] = set()
+
+    def attach(self, root_pid: int) -> None:
+        """Start from the spawned start command."""
+        self.root_pid = root_pid
+        self.adopt(root_pid)
 
     def adopt(self, pid: int) -> None:
         """Track ``pid`` too (a PID file's process that may have cleared its environment)."""
         if pid not in self.known:
             with contextlib.suppress(psutil.Error):
                 self.known[pid] = psutil.Process(pid).create_time()
+                self.strangers.discard(pid)
 
     def scan(self) -> bool:
-        """Look for new descendants among the processes created since the start.
+        """Look for new descendants among the processes that appeared since the start.
 
         Returns:
             ``False`` if some candidate's environment could not be read (another
@@ -67,21 +73,18 @@ class Descendants:
             whether everything the start created has exited.
         """
         complete = True
-        for proc in psutil.process_iter(["create_time", "ppid"]):
-            info = proc.info
-            created = info.get("create_time")
-            if created is None or created < self.since or proc.pid in self.known:
-                continue
-            if info.get("ppid") in self.known:
-                self.known[proc.pid] = created
-                continue
+        skip = self.before
+        for pid in sorted(set(psutil.pids()) - skip - self.strangers - self.known.keys()):
             try:
-                if proc.environ().get(MARKER) == self.marker:
-                    self.known[proc.pid] = created
+                proc = psutil.Process(pid)
+                if proc.ppid() in self.known or proc.environ().get(MARKER) == self.marker:
+                    self.known[pid] = proc.create_time()
+                else:
+                    self.strangers.add(pid)
             except psutil.AccessDenied:
-                complete = False
+                complete = False  # look again next time
             except psutil.Error:
-                continue
+                self.strangers.add(pid)  # gone already
         return complete
 
     def alive(self) -> list[psutil.Process]:
@@ -96,6 +99,13 @@ class Descendants:
                 continue
             living.append(proc)
         return living
+
+    def newest_alive(self) -> int | None:
+        """The most recently created living descendant (typically the daemon itself)."""
+        living = self.alive()
+        if not living:
+            return None
+        return max(living, key=lambda proc: self.known.get(proc.pid, 0.0)).pid
 
     def any_alive(self) -> bool:
         """Whether any descendant may still run, after a fresh scan.

@@ -137,15 +137,18 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[_run_file_key] = run_file
 
 
-def pytest_unconfigure(config: pytest.Config) -> None:
-    """The last xdist worker of the run stops the session daemons the run started."""
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """The last xdist worker of the run stops the session daemons the run started.
+
+    Done at the end of the worker's session (its session fixtures are torn
+    down by then), before the worker reports "finished" to the xdist
+    controller: after that report the controller may interrupt a worker that
+    is slow to exit (SIGINT after 5 s), and ``pytest_unconfigure`` would never
+    run (found with hypothesis's slow terminal summary).
+    """
+    del session
     global _run_lease  # noqa: PLW0603 - one lease per process
-    run_file = config.stash.get(_run_file_key, None)
-    if run_file is not None:  # the controller: tidy up
-        os.environ.pop(_RUN_ENV, None)
-        with contextlib.suppress(OSError):
-            run_file.unlink()
-        return
     if _run_lease is None:
         return
     _run_lease.release()
@@ -161,6 +164,20 @@ def pytest_unconfigure(config: pytest.Config) -> None:
                     _scoped.settle(daemon, stop=stop)
     finally:
         last.release()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The controller removes the run file; a worker drops a lease it still holds."""
+    global _run_lease  # noqa: PLW0603 - one lease per process
+    run_file = config.stash.get(_run_file_key, None)
+    if run_file is not None:  # the controller: tidy up
+        os.environ.pop(_RUN_ENV, None)
+        with contextlib.suppress(OSError):
+            run_file.unlink()
+        return
+    if _run_lease is not None:  # sessionfinish never ran (an early error)
+        _run_lease.release()
+        _run_lease = None
 
 
 @pytest.hookimpl(tryfirst=True)

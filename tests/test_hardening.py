@@ -166,6 +166,8 @@ def run_as_nobody(script: str, *args: str) -> dict:
     prelude = (
         "import json, os, sys, traceback\n"
         "from daemon_controller import Daemon, DaemonError, StartError, StopError\n"
+        "# What the library imports lazily, while the interpreter's files are readable:\n"
+        "import asyncio, concurrent.futures, hashlib, http.client, psutil, tenacity\n"
         "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
     )
     result = subprocess.run(
@@ -574,6 +576,40 @@ def test_shell_start_command_with_a_background_child_leaves_nothing_behind(echo,
     assert "still running" in str(info.value)
     assert "daemonized" in echo.log_file.read_text()
     assert marked(test_id) == []
+
+
+_SLOW_DOUBLE_FORK = """
+import os, signal, sys, time
+def log(line):
+    with open(sys.argv[1], "a") as f:
+        f.write(line + "\\n")
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # no signals while daemonizing
+if os.fork() > 0:
+    os._exit(0)
+os.setsid()
+log(f"intermediate {os.getpid()}")
+time.sleep(1.0)
+if os.fork() > 0:
+    os._exit(0)  # hands over to the daemon, then exits
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+log(f"daemon {os.getpid()}")
+time.sleep(60)
+"""
+
+
+@pytest.mark.slow
+def test_start_abort_also_stops_a_daemon_forked_during_the_abort(echo, test_id):
+    # gem: leaves it running. Here the intermediate process of a double fork blocks
+    # SIGTERM while daemonizing and forks the daemon after the abort's first sweep.
+    argv = [sys.executable, "-c", _SLOW_DOUBLE_FORK, str(echo.log_file)]
+    daemon = echo().start_with(argv).start_timeout(0.5).start_abort_timeout(5)
+    try:
+        with pytest.raises(StartTimeout):
+            daemon.start()
+        assert "intermediate" in echo.log_file.read_text()
+        assert marked(test_id) == []
+    finally:
+        kill_marked(test_id)
 
 
 # -- fast failure detection ------------------------------------------------------------------

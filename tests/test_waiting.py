@@ -43,7 +43,7 @@ def test_poll_starts_at_a_millisecond_and_settles_at_the_interval():
     assert poll_until(check, deadline=Deadline(60, clock), max_interval=0.1) == "ready"
     assert clock.sleeps[0] == pytest.approx(0.001)
     assert all(b >= a for a, b in zip(clock.sleeps, clock.sleeps[1:], strict=False))
-    # The pause grows with the time waited (10 ms per second) up to max_interval.
+    # The pause grows with the time waited (8 ms per second) up to max_interval.
     assert clock.sleeps[-1] == pytest.approx(0.1)
 
 

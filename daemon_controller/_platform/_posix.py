@@ -186,22 +186,33 @@ def unlock_fd(fd: int) -> None:
 
 
 class ExitHandle:
-    """A pidfd and a poller on it: ``exited()`` is one ``poll()`` system call."""
+    """A pidfd: whether its process has exited is one ``poll()`` system call.
 
-    __slots__ = ("_fd", "_poller")
+    Shared between threads (through the PID-file cache), so every call makes
+    its own poll object: one poll object may not be polled by two threads at
+    once ("concurrent poll() invocation").
+    """
+
+    __slots__ = ("_fd",)
     _fd: int
-    _poller: Any
 
     def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def _poll(self, milliseconds: int) -> bool:
         if sys.platform == "win32":  # pragma: no cover - the other OS
             raise NotImplementedError(_WRONG_OS)
-        self._fd = fd
-        self._poller = select.poll()
-        self._poller.register(fd, select.POLLIN)
+        poller = select.poll()
+        poller.register(self._fd, select.POLLIN)
+        return bool(poller.poll(milliseconds))
 
     def exited(self) -> bool:
         """Whether the process has exited (a zombie has)."""
-        return bool(self._poller.poll(0))
+        return self._poll(0)
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the exit; whether it happened."""
+        return self._poll(max(0, int(timeout * 1000)))
 
     def close(self) -> None:
         """Close the pidfd."""

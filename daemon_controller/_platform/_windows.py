@@ -170,6 +170,10 @@ class ExitHandle:
         """Not used on Windows."""
         raise NotImplementedError(_WRONG_OS)
 
+    def wait(self, timeout: float) -> bool:
+        """Not used on Windows."""
+        raise NotImplementedError(_WRONG_OS)
+
     def close(self) -> None:
         """Not used on Windows."""
 
