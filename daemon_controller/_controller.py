@@ -75,12 +75,24 @@ def _paths(daemon: Daemon) -> tuple[Path, Path]:
 
 
 def _environment(cfg: DaemonConfig, marker: str | None = None) -> dict[str, str] | None:
-    if not cfg.env and marker is None:
+    if not cfg.env and marker is None and cfg.user is None:
         return None
-    env = {**os.environ, **dict(cfg.env)}
+    env = dict(os.environ)
+    if cfg.user is not None:
+        env.update(_platform.user_environment(cfg.user))
+    env.update(cfg.env)
     if marker is not None:
         env[_tracking.MARKER] = marker
     return env
+
+
+def _spawn_kwargs(cfg: DaemonConfig) -> dict[str, Any]:
+    """Platform ``Popen`` arguments: a session of its own, and ``.user()``."""
+    try:
+        return _platform.detach_kwargs(cfg.user)
+    except (LookupError, PermissionError, NotImplementedError) as err:
+        # Raised as an OSError so that the callers' spawn-failure paths report it.
+        raise OSError(str(err)) from err
 
 
 def _popen_args(command: Command) -> tuple[str | Sequence[str], bool]:
@@ -114,16 +126,21 @@ def _run_command(cfg: DaemonConfig, command: Command, timeout: float) -> _Comman
     """
     args, shell = _popen_args(command)
     with tempfile.TemporaryFile() as out:
-        proc = subprocess.Popen(
-            args,
-            shell=shell,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=_environment(cfg),
-            cwd=cfg.cwd,
-            **_platform.detach_kwargs(),
-        )
+        try:
+            proc = subprocess.Popen(
+                args,
+                shell=shell,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=_environment(cfg),
+                cwd=cfg.cwd,
+                **_spawn_kwargs(cfg),
+            )
+        except OSError as err:
+            # Reported like a shell reports a command it cannot run.
+            text = command if isinstance(command, str) else " ".join(command)
+            return _CommandResult(127, f"cannot run {text}: {err}")
         try:
             returncode: int | None = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -282,7 +299,7 @@ class _Start:
                 cwd=self.cfg.cwd,
                 close_fds=True,
                 pass_fds=self.cfg.keep_ios,
-                **_platform.detach_kwargs(),
+                **_spawn_kwargs(self.cfg),
             )
         except OSError as err:
             self._fail_spawn(err)

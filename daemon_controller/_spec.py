@@ -121,6 +121,7 @@ class DaemonConfig:
         keep_ios: File descriptors the start command inherits besides 0, 1 and 2.
         env: Extra environment variables for the start, stop and restart commands.
         cwd: The working directory for those commands; ``None`` keeps ours.
+        user: Run those commands as this user (POSIX, when we are root).
         logger: Where the library logs what it does.
     """
 
@@ -143,6 +144,7 @@ class DaemonConfig:
     keep_ios: tuple[int, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
     cwd: Path | None = None
+    user: str | None = None
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("daemon_controller"))
     #: The lock file in use: ``lock_file``, or the PID file plus ``.lock``
     #: (computed once: it is on the ``is_running()`` hot path).
@@ -393,6 +395,20 @@ class Daemon:
         """The working directory for the start, stop and restart commands."""
         return self._with(cwd=_absolute(path))
 
+    def user(self, name: str) -> Self:
+        """Run the start, stop and restart commands as this user (POSIX; needs root).
+
+        For daemons that refuse to run as root (PostgreSQL): no ``runuser`` or
+        ``sudo`` wrapper is needed, so with ``foreground()`` the PID file names
+        the daemon itself, not a wrapper. The user's primary and supplementary
+        groups apply, and ``HOME``, ``USER`` and ``LOGNAME`` are set for it.
+        Ignored when we already run as that user.
+        """
+        if not isinstance(name, str) or not name.strip():
+            msg = f"Daemon '{self.name}': user() takes a user name, not {name!r}"
+            raise ValueError(msg)
+        return self._with(user=name)
+
     def logger(self, logger: logging.Logger) -> Self:
         """Where the library logs what it does (default: the ``daemon_controller`` logger)."""
         return self._with(logger=logger)
@@ -516,6 +532,7 @@ def DaemonController(  # noqa: N802 - named like the Ruby class, for people port
     keep_ios: Sequence[int | Any] = (),
     env: Mapping[str, str] | None = None,
     cwd: PathArg | None = None,
+    user: str | None = None,
     logger: logging.Logger | None = None,
 ) -> Daemon:
     """Build a :class:`Daemon` from the Ruby gem's option names.
@@ -555,6 +572,8 @@ def DaemonController(  # noqa: N802 - named like the Ruby class, for people port
         daemon = daemon.env(env)
     if cwd is not None:
         daemon = daemon.cwd(cwd)
+    if user is not None:
+        daemon = daemon.user(user)
     if logger is not None:
         daemon = daemon.logger(logger)
     return daemon

@@ -24,6 +24,7 @@ if sys.platform == "win32":
         send_signal,
         signal_name,
         unlock_fd,
+        user_environment,
         wait_exit,
     )
 else:
@@ -41,6 +42,7 @@ else:
         send_signal,
         signal_name,
         unlock_fd,
+        user_environment,
         wait_exit,
     )
 
@@ -58,5 +60,6 @@ __all__ = [
     "send_signal",
     "signal_name",
     "unlock_fd",
+    "user_environment",
     "wait_exit",
 ]

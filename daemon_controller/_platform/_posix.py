@@ -87,15 +87,55 @@ def force_kill(pid: int, *, group: bool = False) -> None:
         send_signal(pid, signal.SIGKILL, group=group)
 
 
-def detach_kwargs() -> dict[str, Any]:
+def detach_kwargs(user: str | None = None) -> dict[str, Any]:
     """``subprocess.Popen`` arguments that put the child in a session of its own.
 
     A new session means our terminal's Ctrl-C (SIGINT to the foreground process
     group) does not reach the daemon, and the whole group can be signalled.
+
+    Args:
+        user: Run the child as this user (with its primary group and its
+            supplementary groups, and ``HOME``/``USER``/``LOGNAME`` of that
+            user) when we are root; ignored when we already are that user.
+
+    Raises:
+        LookupError: No such user.
+        PermissionError: Not root, and ``user`` is somebody else.
     """
     if sys.platform == "win32":  # pragma: no cover - the other OS
         raise NotImplementedError(_WRONG_OS)
-    return {"start_new_session": True}
+    kwargs: dict[str, Any] = {"start_new_session": True}
+    if user is None:
+        return kwargs
+    import grp  # noqa: PLC0415 - only for .user()
+    import pwd  # noqa: PLC0415 - only for .user()
+
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        msg = f"no user named {user!r}"
+        raise LookupError(msg) from None
+    if entry.pw_uid == os.geteuid():
+        return kwargs
+    if os.geteuid() != 0:
+        msg = f"only root can run commands as {user!r}"
+        raise PermissionError(msg)
+    groups = [g.gr_gid for g in grp.getgrall() if user in g.gr_mem]
+    kwargs.update(user=entry.pw_uid, group=entry.pw_gid, extra_groups=groups)
+    return kwargs
+
+
+def user_environment(user: str) -> dict[str, str]:
+    """``HOME``, ``USER`` and ``LOGNAME`` for ``user`` (what ``runuser`` would set)."""
+    if sys.platform == "win32":  # pragma: no cover - the other OS
+        raise NotImplementedError(_WRONG_OS)
+    import pwd  # noqa: PLC0415 - only for .user()
+
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        return {}
+    return {"HOME": entry.pw_dir, "USER": user, "LOGNAME": user}
 
 
 def wait_exit(pid: int, timeout: float) -> bool | None:

@@ -93,7 +93,7 @@ def force_kill(pid: int, *, group: bool = False) -> None:
             victim.kill()
 
 
-def detach_kwargs() -> dict[str, Any]:
+def detach_kwargs(user: str | None = None) -> dict[str, Any]:
     """``subprocess.Popen`` arguments for a child in its own process group.
 
     CREATE_NEW_PROCESS_GROUP lets a CTRL_BREAK_EVENT reach the child (and not
@@ -102,7 +102,16 @@ def detach_kwargs() -> dict[str, Any]:
     """
     if sys.platform != "win32":
         raise NotImplementedError(_WRONG_OS)
+    if user is not None:
+        msg = "running a daemon as another user (.user()) is POSIX-only"
+        raise NotImplementedError(msg)
     return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+
+
+def user_environment(user: str) -> dict[str, str]:
+    """Not supported on Windows."""
+    del user
+    raise NotImplementedError(_WRONG_OS)
 
 
 def wait_exit(pid: int, timeout: float) -> bool | None:
