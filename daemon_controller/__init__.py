@@ -17,6 +17,7 @@ A Python port of Phusion's ``daemon_controller`` Ruby gem::
 
 from __future__ import annotations
 
+from ._config import ConfigError, load
 from ._decorators import requires
 from ._errors import (
     AlreadyStarted,
@@ -37,6 +38,7 @@ __all__ = [
     "AlreadyStarted",
     "CallablePing",
     "CommandPing",
+    "ConfigError",
     "ConnectError",
     "Daemon",
     "DaemonConfig",
@@ -52,5 +54,6 @@ __all__ = [
     "TcpPing",
     "UnixPing",
     "__version__",
+    "load",
     "requires",
 ]

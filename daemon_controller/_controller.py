@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import stat
 import subprocess
 import tempfile
@@ -97,6 +98,21 @@ def _spawn_kwargs(cfg: DaemonConfig) -> dict[str, Any]:
 
 def _popen_args(command: Command) -> tuple[str | Sequence[str], bool]:
     return (command, True) if isinstance(command, str) else (list(command), False)
+
+
+_SHELL_SYNTAX = re.compile(r"[;&|<>()`$\n{}*?\[\]~#]|^\s*\w+=")
+
+
+def _exec_in_shell(command: str) -> str:
+    """``exec <command>`` for a simple shell command run in the foreground.
+
+    dash (``/bin/sh`` on Debian) forks for ``sh -c "program args"``, so the
+    PID we see would be the shell's, and stopping it would leave the program
+    running. ``exec`` makes the shell become the program. Commands using shell
+    syntax (pipes, ``&&``, redirections, variables, ``VAR=value`` prefixes)
+    are left alone; their process group is signalled on stop instead.
+    """
+    return command if _SHELL_SYNTAX.search(command) else f"exec {command}"
 
 
 def _describe_exit(returncode: int) -> tuple[int | None, str | None]:
@@ -277,6 +293,8 @@ class _Start:
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         args, shell = _popen_args(self.command)
+        if self.detached and isinstance(args, str):
+            args = _exec_in_shell(args)
         log_path = str(self.cfg.log_file)
         passthrough = log_path in _platform.PASSTHROUGH_LOG_PATHS
         stdout: Any
@@ -670,7 +688,7 @@ def start(daemon: Daemon, clock: Clock = SYSTEM_CLOCK) -> None:
 # -- stop ------------------------------------------------------------------------------------
 
 
-def _request_stop(daemon: Daemon, pid: int | None, deadline: Deadline) -> bool:
+def _request_stop(daemon: Daemon, pid: int | None, deadline: Deadline, *, group: bool) -> bool:
     """Ask the daemon to stop (stop command or signal); ``False`` if there is nothing to do."""
     cfg = daemon.config
     name = daemon.name
@@ -691,7 +709,7 @@ def _request_stop(daemon: Daemon, pid: int | None, deadline: Deadline) -> bool:
         return False
     cfg.logger.info("Stopping daemon '%s' (PID %d)", name, pid)
     try:
-        _platform.send_signal(pid, _platform.parse_signal(cfg.stop_graceful_signal))
+        _platform.send_signal(pid, _platform.parse_signal(cfg.stop_graceful_signal), group=group)
     except ProcessLookupError:
         pass
     except PermissionError as err:
@@ -710,10 +728,21 @@ def _stop_locked(daemon: Daemon, clock: Clock) -> None:
     pid = _pidfile.live_pid(pid_file)
     if pid is None:
         _remove_stale(pid_file)
-    if not _request_stop(daemon, pid, deadline):
+    # A program we run in the foreground leads a process group of its own; when
+    # it is a shell running a pipeline, the group is the daemon, not the PID.
+    group = cfg.daemonize_for_me and pid is not None and _platform.leads_group(pid)
+    if not _request_stop(daemon, pid, deadline, group=group):
         return
     if pid is not None:
         gone = _process.wait_gone(pid, deadline, max_interval=cfg.ping_interval)
+        if gone and group:
+            gone = bool(
+                poll_until(
+                    lambda: None if _platform.group_alive(pid) else True,
+                    deadline=deadline,
+                    max_interval=cfg.ping_interval,
+                )
+            )
     else:
         gone = bool(
             poll_until(
@@ -723,13 +752,13 @@ def _stop_locked(daemon: Daemon, clock: Clock) -> None:
             ),
         )
     if not gone:
-        _force_stop(daemon, pid, clock)
+        _force_stop(daemon, pid, clock, group=group)
     if pid is not None:
         _pidfile.remove_if_names(pid_file, pid)
     cfg.logger.info("Daemon '%s' stopped after %.3f s", daemon.name, deadline.elapsed())
 
 
-def _force_stop(daemon: Daemon, pid: int | None, clock: Clock) -> NoReturn:
+def _force_stop(daemon: Daemon, pid: int | None, clock: Clock, *, group: bool = False) -> NoReturn:
     cfg = daemon.config
     pid_file, _ = _paths(daemon)
     victim = pid if pid is not None else _pidfile.live_pid(pid_file)
@@ -740,7 +769,7 @@ def _force_stop(daemon: Daemon, pid: int | None, clock: Clock) -> NoReturn:
         victim,
     )
     if victim is not None:
-        _platform.force_kill(victim)
+        _platform.force_kill(victim, group=group)
         _process.wait_gone(victim, Deadline(_KILL_GRACE, clock), max_interval=0.05)
     _pidfile.remove(pid_file)
     msg = (

@@ -227,13 +227,16 @@ class CallablePing:
 def holder(probe: Probe) -> str | None:
     """Which process listens where the probe looks, as ``"PID 123 (redis-server)"``.
 
-    Best effort through psutil: only TCP and unix-socket probes can be matched,
-    and another user's sockets may be invisible without privileges.
+    Best effort through psutil: only TCP, HTTP and unix-socket probes can be
+    matched, and another user's sockets may be invisible without privileges.
     """
     import psutil  # noqa: PLC0415 - only needed on this error path
 
     wanted: int | str
-    if isinstance(probe, TcpPing):
+    if isinstance(probe, HttpPing):
+        parts = urllib.parse.urlsplit(probe.url)
+        kind, wanted = "inet", parts.port or (443 if parts.scheme == "https" else 80)
+    elif isinstance(probe, TcpPing):
         kind, wanted = "inet", probe.port
     elif isinstance(probe, UnixPing):
         kind, wanted = "unix", str(probe.path)

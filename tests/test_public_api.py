@@ -11,6 +11,7 @@ EXPECTED = {
     "AlreadyStarted",
     "CallablePing",
     "CommandPing",
+    "ConfigError",
     "ConnectError",
     "Daemon",
     "DaemonConfig",
@@ -26,6 +27,7 @@ EXPECTED = {
     "TcpPing",
     "UnixPing",
     "__version__",
+    "load",
     "requires",
 }
 

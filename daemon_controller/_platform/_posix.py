@@ -79,6 +79,31 @@ def send_signal(pid: int, signum: int, *, group: bool = False) -> None:
         os.kill(pid, signum)
 
 
+def leads_group(pid: int) -> bool:
+    """Whether ``pid`` leads its own process group (as the daemons we detach do)."""
+    if sys.platform == "win32":  # pragma: no cover - the other OS
+        raise NotImplementedError(_WRONG_OS)
+    try:
+        return os.getpgid(pid) == pid
+    except OSError:
+        return False
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of group ``pgid`` is still running (zombies are not)."""
+    if sys.platform == "win32":  # pragma: no cover - the other OS
+        raise NotImplementedError(_WRONG_OS)
+    import psutil  # noqa: PLC0415 - this module stays light to import
+
+    for pid in psutil.pids():
+        try:
+            if os.getpgid(pid) == pgid and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                return True
+        except (OSError, psutil.Error):
+            continue
+    return False
+
+
 def force_kill(pid: int, *, group: bool = False) -> None:
     """Kill ``pid`` (or its group) with SIGKILL; already gone is not an error."""
     if sys.platform == "win32":  # pragma: no cover - the other OS

@@ -79,6 +79,20 @@ def send_signal(pid: int, signum: int, *, group: bool = False) -> None:
         raise PermissionError(pid) from err
 
 
+def leads_group(pid: int) -> bool:
+    """Process groups are not signalled separately on Windows."""
+    if sys.platform != "win32":
+        raise NotImplementedError(_WRONG_OS)
+    del pid
+    return False
+
+
+def group_alive(pgid: int) -> bool:
+    """Not used on Windows (see :func:`leads_group`)."""
+    del pgid
+    raise NotImplementedError(_WRONG_OS)
+
+
 def force_kill(pid: int, *, group: bool = False) -> None:
     """TerminateProcess ``pid`` (and, with ``group``, its children); gone is not an error."""
     if sys.platform != "win32":  # pragma: no cover - the other OS

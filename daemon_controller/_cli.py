@@ -1,0 +1,408 @@
+"""The ``daemon-controller`` command: a project's daemons, declared once in TOML.
+
+Exit codes: 0 success, 1 a daemon failed (its error output is shown), 2 a usage
+or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import IO, TYPE_CHECKING, Any
+
+from . import _config
+from ._errors import DaemonError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Sequence
+
+    from ._spec import Daemon
+
+EXAMPLES = """\
+examples:
+  daemon-controller up                 start every daemon that is not running
+  daemon-controller up search          start 'search' (and what it starts after)
+  daemon-controller status             a table: state, PID, uptime, ping
+  daemon-controller status --json      the same, for machines
+  daemon-controller logs search -n 50  the last 50 lines of its log
+  daemon-controller exec -- pytest -x  run a command with the daemons up, then
+                                       stop the ones it started
+  daemon-controller down               stop them all, in reverse order
+
+The daemons come from daemons.toml ([daemons.<name>] tables) or from
+pyproject.toml ([tool.daemon-controller.daemons.<name>]) in this directory or
+above it, or from -c FILE.
+
+exit codes: 0 success, 1 a daemon failed, 2 usage or configuration error
+"""
+
+OK, FAILED, USAGE = 0, 1, 2
+
+
+class _Usage(Exception):
+    pass
+
+
+class Output:
+    """Where messages go: colours and a live status line only on a terminal."""
+
+    def __init__(self, stream: IO[str] | None = None) -> None:
+        self.stream = stream or sys.stdout
+        self.tty = self.stream.isatty()
+        self.color = (
+            self.tty and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+        )
+        self._lock = threading.Lock()
+        self._status_shown = False
+
+    def paint(self, text: str, code: str) -> str:
+        """``text`` in an ANSI colour when colours are on."""
+        return f"\033[{code}m{text}\033[0m" if self.color else text
+
+    def line(self, text: str) -> None:
+        """A message on a line of its own (clearing any live status line)."""
+        with self._lock:
+            if self._status_shown:
+                self.stream.write("\r\033[K")
+                self._status_shown = False
+            self.stream.write(text + "\n")
+            self.stream.flush()
+
+    def status(self, text: str) -> None:
+        """The live status line (terminals only; elsewhere nothing)."""
+        if not self.tty:
+            return
+        width = max(20, _terminal_width() - 1)
+        with self._lock:
+            self.stream.write("\r\033[K" + text[:width])
+            self.stream.flush()
+            self._status_shown = True
+
+    def clear(self) -> None:
+        """Remove the live status line."""
+        with self._lock:
+            if self._status_shown:
+                self.stream.write("\r\033[K")
+                self.stream.flush()
+                self._status_shown = False
+
+
+def _terminal_width() -> int:
+    try:
+        return os.get_terminal_size().columns
+    except OSError:
+        return 80
+
+
+def _last_log_line(daemon: Daemon) -> str:
+    log = daemon.resolved().config.log_file
+    if log is None:
+        return ""
+    try:
+        with log.open("rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 4096))
+            lines = f.read().decode("utf-8", errors="replace").splitlines()
+    except OSError:
+        return ""
+    return next((line.strip() for line in reversed(lines) if line.strip()), "")
+
+
+@contextlib.contextmanager
+def _live(out: Output, verb: str, daemons: dict[str, Daemon]) -> Iterator[None]:
+    """While the block runs, refresh a status line: who, how long, their last log line."""
+    done = threading.Event()
+    started = time.monotonic()
+
+    def refresh() -> None:
+        while not done.wait(0.1):
+            names = ", ".join(daemons)
+            last = ""
+            for name, daemon in daemons.items():
+                line = _last_log_line(daemon)
+                if line:
+                    last = f" | {name}: {line}"
+            out.status(f"{verb} {names} ({time.monotonic() - started:.1f} s){last}")
+
+    thread = threading.Thread(target=refresh, daemon=True) if out.tty else None
+    if thread is not None:
+        thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        if thread is not None:
+            thread.join()
+        out.clear()
+
+
+def _indent(text: str) -> str:
+    return "\n".join("    " + line for line in text.splitlines())
+
+
+def _run_waves(
+    out: Output,
+    project: _config.Project,
+    waves: list[list[str]],
+    verb: str,
+    action: Callable[[str, Daemon], str | None],
+) -> int:
+    """Run ``action`` on each wave's daemons concurrently; stop at the first failed wave."""
+    status = OK
+    for wave in waves:
+        daemons = {name: project.daemons[name] for name in wave}
+        results: dict[str, str | BaseException | None] = {}
+        with _live(out, verb, daemons), ThreadPoolExecutor(max_workers=len(wave)) as pool:
+            futures = {name: pool.submit(action, name, daemons[name]) for name in wave}
+            for name, future in futures.items():
+                try:
+                    results[name] = future.result()
+                except DaemonError as err:
+                    results[name] = err
+        for name in wave:
+            result = results[name]
+            if isinstance(result, BaseException):
+                status = FAILED
+                out.line(f"{out.paint('FAILED', '31;1')} {name}: {type(result).__name__}")
+                out.line(_indent(str(result)))
+            elif result:
+                out.line(f"{out.paint('ok', '32')} {name}: {result}")
+        if status != OK:
+            break
+    return status
+
+
+def _start_one(_name: str, daemon: Daemon) -> str | None:
+    if daemon.is_running():
+        return f"already running (PID {daemon.read_pid()})"
+    started = time.monotonic()
+    daemon.start()
+    return f"started (PID {daemon.read_pid()}) in {time.monotonic() - started:.2f} s"
+
+
+def _stop_one(_name: str, daemon: Daemon) -> str | None:
+    pid = daemon.read_pid()
+    if pid is None:
+        return "not running"
+    started = time.monotonic()
+    daemon.stop()
+    return f"stopped (PID {pid}) in {time.monotonic() - started:.2f} s"
+
+
+def _restart_one(_name: str, daemon: Daemon) -> str | None:
+    started = time.monotonic()
+    daemon.restart()
+    return f"restarted (PID {daemon.read_pid()}) in {time.monotonic() - started:.2f} s"
+
+
+def cmd_up(out: Output, project: _config.Project, names: list[str]) -> int:
+    """Start what is not running, in ``after`` order, independent daemons at once."""
+    return _run_waves(out, project, project.order(names or None), "starting", _start_one)
+
+
+def _only(project: _config.Project, names: list[str]) -> list[list[str]]:
+    """The ``after`` waves, keeping only ``names`` (all when empty)."""
+    waves = project.order(names or None)
+    return [w for w in ([n for n in wave if not names or n in names] for wave in waves) if w]
+
+
+def cmd_down(out: Output, project: _config.Project, names: list[str]) -> int:
+    """Stop, in reverse ``after`` order."""
+    return _run_waves(out, project, list(reversed(_only(project, names))), "stopping", _stop_one)
+
+
+def cmd_restart(out: Output, project: _config.Project, names: list[str]) -> int:
+    """Restart, in ``after`` order."""
+    return _run_waves(out, project, _only(project, names), "restarting", _restart_one)
+
+
+def _describe(name: str, daemon: Daemon) -> dict[str, Any]:
+    import psutil  # noqa: PLC0415 - only the status command needs it here
+
+    pid = daemon.read_pid()
+    row: dict[str, Any] = {"name": name, "state": "stopped", "pid": None, "uptime": None}
+    if pid is not None:
+        row.update(state="running", pid=pid)
+        with contextlib.suppress(psutil.Error):
+            row["uptime"] = round(time.time() - psutil.Process(pid).create_time(), 1)
+    probe = daemon.config.ping_command
+    row["ping"] = None if probe is None else ("ok" if probe.check(1.0) else "no answer")
+    row["ping_target"] = None if probe is None else probe.describe()
+    return row
+
+
+def _uptime(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def cmd_status(out: Output, project: _config.Project, names: list[str], *, as_json: bool) -> int:
+    """A table (or JSON) of every daemon: state, PID, uptime and ping."""
+    order = [n for wave in project.order(names or None) for n in wave]
+    rows = [_describe(name, project.daemons[name]) for name in order]
+    if as_json:
+        out.line(json.dumps(rows, indent=2))
+        return OK
+    table = [["NAME", "STATE", "PID", "UPTIME", "PING"]]
+    for row in rows:
+        ping = f"{row['ping']} ({row['ping_target']})" if row["ping"] else "-"
+        table.append(
+            [row["name"], row["state"], str(row["pid"] or "-"), _uptime(row["uptime"]), ping]
+        )
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    for i, r in enumerate(table):
+        cells = [c.ljust(w) for c, w in zip(r, widths, strict=True)]
+        if i > 0:
+            cells[1] = out.paint(cells[1], "32" if r[1] == "running" else "33")
+        out.line("  ".join(cells).rstrip())
+    return OK
+
+
+def cmd_logs(out: Output, project: _config.Project, name: str, lines: int) -> int:
+    """The last lines of a daemon's log file."""
+    if name not in project.daemons:
+        raise _Usage(f"no daemon named {name!r} (declared: {', '.join(sorted(project.daemons))})")
+    log = project.daemons[name].resolved().config.log_file
+    if log is None:
+        raise _Usage(f"daemon {name!r} has no log file ('log' key)")
+    try:
+        with log.open("rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 256 * 1024))
+            text = f.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        out.line(f"(no log yet at {log})")
+        return OK
+    except OSError as err:
+        out.line(f"cannot read {log}: {err.strerror}")
+        return FAILED
+    for line in text.splitlines()[-lines:]:
+        out.line(line)
+    return OK
+
+
+def cmd_exec(
+    out: Output, project: _config.Project, names: list[str], command: list[str], *, keep: bool
+) -> int:
+    """Run ``command`` with the daemons up; stop the ones this started unless ``keep``."""
+    if not command:
+        raise _Usage("exec needs a command after '--', e.g.: daemon-controller exec -- pytest")
+    waves = project.order(names or None)
+    was_running = {n for wave in waves for n in wave if project.daemons[n].is_running()}
+    status = _run_waves(out, project, waves, "starting", _start_one)
+    started = [[n for n in wave if n not in was_running] for wave in waves]
+    try:
+        if status != OK:
+            return status
+        try:
+            return subprocess.call(command)
+        except FileNotFoundError:
+            out.line(f"{out.paint('FAILED', '31;1')} cannot run {command[0]!r}: not found")
+            return 127
+        except KeyboardInterrupt:
+            return 130
+    finally:
+        if not keep:
+            _run_waves(out, project, [w for w in reversed(started) if w], "stopping", _stop_one)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="daemon-controller",
+        description="Start, stop and check the daemons a project declares in daemons.toml.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-c", "--config", metavar="FILE", help="the daemons file to use")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what the library does")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, text in (
+        ("up", "start the daemons that are not running"),
+        ("down", "stop the daemons, in reverse order"),
+        ("restart", "restart the daemons"),
+    ):
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("names", nargs="*", metavar="NAME", help="only these daemons")
+    p = sub.add_parser("status", help="show state, PID, uptime and ping of each daemon")
+    p.add_argument("names", nargs="*", metavar="NAME", help="only these daemons")
+    p.add_argument("--json", action="store_true", help="print JSON for machines")
+    p = sub.add_parser("logs", help="show the end of a daemon's log")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("-n", "--lines", type=int, default=20, help="how many lines (default 20)")
+    p = sub.add_parser(
+        "exec",
+        help="run a command with the daemons up",
+        description="Start the daemons, run COMMAND, pass its exit code through, and stop "
+        "the daemons this started (unless --keep).",
+    )
+    p.add_argument("names", nargs="*", metavar="NAME", help="only these daemons")
+    p.add_argument("--keep", action="store_true", help="leave the daemons running afterwards")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    command: list[str] = []
+    if "--" in args_in:
+        cut = args_in.index("--")
+        args_in, command = args_in[:cut], args_in[cut + 1 :]
+    parser = _parser()
+    args = parser.parse_args(args_in)  # exits 2 on a usage error, as argparse does
+    out = Output()
+    err = Output(sys.stderr)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        project = _project(args, command)
+        return _dispatch(out, project, args, command)
+    except (_Usage, _config.ConfigError) as problem:
+        err.line(f"daemon-controller: {problem}")
+        return USAGE
+    except DaemonError as problem:
+        err.line(f"daemon-controller: {problem}")
+        return FAILED
+    except KeyboardInterrupt:
+        err.line("daemon-controller: interrupted")
+        return 130
+
+
+def _project(args: argparse.Namespace, command: list[str]) -> _config.Project:
+    if args.command != "exec" and command:
+        raise _Usage(f"'--' only goes with exec, not {args.command}")
+    path = args.config or _config.find()
+    if path is None:
+        raise _Usage(
+            "no daemons.toml here or above (nor a pyproject.toml with "
+            "[tool.daemon-controller.daemons.<name>]); use -c FILE"
+        )
+    return _config.load_project(path)
+
+
+def _dispatch(
+    out: Output, project: _config.Project, args: argparse.Namespace, command: list[str]
+) -> int:
+    if args.command == "up":
+        return cmd_up(out, project, args.names)
+    if args.command == "down":
+        return cmd_down(out, project, args.names)
+    if args.command == "restart":
+        return cmd_restart(out, project, args.names)
+    if args.command == "status":
+        return cmd_status(out, project, args.names, as_json=args.json)
+    if args.command == "logs":
+        return cmd_logs(out, project, args.name, args.lines)
+    return cmd_exec(out, project, args.names, command, keep=args.keep)

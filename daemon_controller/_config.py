@@ -1,0 +1,317 @@
+"""Declaring a project's daemons in TOML: ``daemons.toml`` or ``pyproject.toml``.
+
+::
+
+    [daemons.search]                      # or [tool.daemon-controller.daemons.search]
+    start = "redis-server config/redis.conf"
+    ping = "tcp://127.0.0.1:6390"
+    pid = "tmp/redis.pid"
+    log = "log/redis.log"
+    after = ["db"]                        # start after db; stop before it
+
+Keys are the builder's options. Relative paths are relative to the file, and
+commands run in the file's directory unless ``cwd`` says otherwise. Unknown
+keys and wrong types are errors naming the file, the daemon and the key.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ._spec import Daemon
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+CONFIG_NAMES = ("daemons.toml", "pyproject.toml")
+
+
+class ConfigError(ValueError):
+    """A daemons file that cannot be used: says which file, daemon and key.
+
+    Attributes:
+        path: The file.
+        daemon: The daemon's name, or ``None`` for a file-level problem.
+        key: The key at fault, or ``None``.
+        problem: What is wrong, in words.
+    """
+
+    def __init__(
+        self, path: Path, problem: str, *, daemon: str | None = None, key: str | None = None
+    ) -> None:
+        self.path = path
+        self.daemon = daemon
+        self.key = key
+        self.problem = problem
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = str(self.path)
+        if self.daemon is not None:
+            where += f": daemon {self.daemon!r}"
+        if self.key is not None:
+            where += f", key {self.key!r}"
+        return f"{where}: {self.problem}"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (self.path, self.problem, self.daemon, self.key))
+
+
+def _rebuild(path: Path, problem: str, daemon: str | None, key: str | None) -> ConfigError:
+    return ConfigError(path, problem, daemon=daemon, key=key)
+
+
+@dataclass(frozen=True)
+class Project:
+    """The daemons declared in one file, with their start order.
+
+    Attributes:
+        path: The file they came from.
+        daemons: Each daemon by its name in the file.
+        after: For each daemon, the daemons it starts after.
+    """
+
+    path: Path
+    daemons: dict[str, Daemon]
+    after: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def order(self, names: list[str] | None = None) -> list[list[str]]:
+        """The daemons to start, in waves: each wave after the ones before it.
+
+        Args:
+            names: Only these daemons and what they need (``after``); all if
+                ``None``.
+
+        Raises:
+            ConfigError: An unknown name, or a cycle in ``after``.
+        """
+        wanted: set[str] = set()
+        pending = list(self.daemons if names is None else names)
+        while pending:
+            name = pending.pop()
+            if name not in self.daemons:
+                known = ", ".join(sorted(self.daemons)) or "none"
+                msg = f"no daemon named {name!r} (declared: {known})"
+                raise ConfigError(self.path, msg)
+            if name not in wanted:
+                wanted.add(name)
+                pending.extend(self.after.get(name, ()))
+        waves: list[list[str]] = []
+        done: set[str] = set()
+        while len(done) < len(wanted):
+            wave = sorted(
+                name
+                for name in wanted - done
+                if all(dep in done for dep in self.after.get(name, ()))
+            )
+            if not wave:
+                cycle = ", ".join(sorted(wanted - done))
+                msg = f"the 'after' keys form a cycle among: {cycle}"
+                raise ConfigError(self.path, msg)
+            waves.append(wave)
+            done.update(wave)
+        return waves
+
+
+def find(start: Path | None = None) -> Path | None:
+    """``daemons.toml``, else a ``pyproject.toml`` declaring daemons, here or above."""
+    here = (start or Path.cwd()).resolve()
+    for directory in (here, *here.parents):
+        candidate = directory / "daemons.toml"
+        if candidate.is_file():
+            return candidate
+        candidate = directory / "pyproject.toml"
+        if candidate.is_file() and _pyproject_table(candidate) is not None:
+            return candidate
+    return None
+
+
+def _pyproject_table(path: Path) -> dict[str, Any] | None:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return None
+    table = data.get("tool", {}).get("daemon-controller")
+    return table if isinstance(table, dict) else None
+
+
+def load(path: str | Path) -> dict[str, Daemon]:
+    """Load the daemons declared in a ``daemons.toml`` or ``pyproject.toml``.
+
+    Returns:
+        Each declared daemon by its name, as a :class:`Daemon`.
+
+    Raises:
+        ConfigError: The file cannot be read or declares something invalid.
+    """
+    return load_project(path).daemons
+
+
+def _read_table(path: Path) -> dict[str, Any]:
+    """The table holding ``daemons``: the whole file, or ``[tool.daemon-controller]``."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise ConfigError(path, f"cannot read it: {err.strerror or err}") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(path, f"not UTF-8 text: {err}") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(path, f"not valid TOML: {err}") from err
+    prefix = ""
+    table: object = data
+    if path.name == "pyproject.toml":
+        table = data.get("tool", {}).get("daemon-controller")
+        prefix = "tool.daemon-controller."
+    if not isinstance(table, dict) or not isinstance(table.get("daemons"), dict):
+        raise ConfigError(path, f"no [{prefix}daemons.<name>] tables")
+    unknown = sorted(set(table) - {"daemons"})
+    if unknown:
+        msg = f"unknown key(s) {', '.join(unknown)} next to [{prefix}daemons]"
+        raise ConfigError(path, msg)
+    return table
+
+
+def load_project(path: str | Path) -> Project:
+    """Like :func:`load`, with the start order (``after``) as well."""
+    path = Path(path).absolute()
+    table = _read_table(path)
+    daemons: dict[str, Daemon] = {}
+    after: dict[str, tuple[str, ...]] = {}
+    for name, options in table["daemons"].items():
+        if not isinstance(options, dict):
+            raise ConfigError(path, "must be a table", daemon=name)
+        daemons[name], after[name] = _Reader(path, name).daemon(options)
+    for name, deps in after.items():
+        for dep in deps:
+            if dep not in daemons:
+                msg = f"names no declared daemon {dep!r}"
+                raise ConfigError(path, msg, daemon=name, key="after")
+    project = Project(path, daemons, after)
+    project.order()  # rejects cycles now, not at the first 'up'
+    return project
+
+
+class _Reader:
+    """Turns one ``[daemons.<name>]`` table into a :class:`Daemon`, checking each key."""
+
+    def __init__(self, path: Path, name: str) -> None:
+        self.path = path
+        self.name = name
+        self.base = path.parent
+
+    def fail(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(self.path, problem, daemon=self.name, key=key)
+
+    def text(self, key: str, value: object) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(key, f"expected a non-empty string, got {value!r}")
+        return value
+
+    def command(self, key: str, value: object) -> str | list[str]:
+        if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            return value
+        if isinstance(value, str) and value.strip():
+            return value
+        raise self.fail(key, f"expected a command (a string, or a list of strings), got {value!r}")
+
+    def number(self, key: str, value: object) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise self.fail(key, f"expected a number of seconds above 0, got {value!r}")
+        return float(value)
+
+    def flag(self, key: str, value: object) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(key, f"expected true or false, got {value!r}")
+        return value
+
+    def file(self, key: str, value: object) -> Path:
+        return self.base / self.text(key, value)
+
+    def signal(self, key: str, value: object) -> str | int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        return self.text(key, value)
+
+    def env(self, key: str, value: object) -> dict[str, str]:
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            raise self.fail(key, f"expected a table of strings, got {value!r}")
+        return dict(value)
+
+    def after(self, key: str, value: object) -> tuple[str, ...]:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.fail(key, f"expected a list of daemon names, got {value!r}")
+        return tuple(value)
+
+    def ping(self, daemon: Daemon, key: str, value: object) -> Daemon:
+        if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            return daemon.ping_command(value)
+        text = self.text(key, value)
+        if text.startswith("tcp://"):
+            host, _, port = text.removeprefix("tcp://").rstrip("/").rpartition(":")
+            if not host or not port.isdigit():
+                raise self.fail(key, f"expected tcp://HOST:PORT, got {text!r}")
+            return daemon.ping_tcp(host.strip("[]"), int(port))
+        if text.startswith("unix://"):
+            socket_path = text.removeprefix("unix://")
+            if not socket_path:
+                raise self.fail(key, f"expected unix:///path/to/socket, got {text!r}")
+            return daemon.ping_unix(self.base / socket_path)  # relative to the file
+        if text.startswith(("http://", "https://")):
+            return daemon.ping_http(text)
+        return daemon.ping_command(text)
+
+    def daemon(self, options: dict[str, Any]) -> tuple[Daemon, tuple[str, ...]]:
+        for required in ("start", "ping"):
+            if required not in options:
+                raise self.fail(required, f"is required (a daemon needs a {required!r} key)")
+        daemon = Daemon(self.name).cwd(self.base)
+        deps: tuple[str, ...] = ()
+        for key, value in options.items():
+            if key == "after":
+                deps = self.after(key, value)
+                continue
+            setter = _SETTERS.get(key)
+            if setter is None:
+                known = ", ".join(sorted([*_SETTERS, "after"]))
+                raise self.fail(key, f"unknown key (known keys: {known})")
+            try:
+                daemon = setter(self, daemon, value)
+            except (ValueError, TypeError) as err:
+                if isinstance(err, ConfigError):
+                    raise
+                raise self.fail(key, str(err).removeprefix(f"Daemon '{self.name}': ")) from err
+        return daemon, deps
+
+
+_SETTERS: dict[str, Callable[[_Reader, Daemon, object], Daemon]] = {
+    "start": lambda r, d, v: d.start_with(r.command("start", v)),
+    "stop": lambda r, d, v: d.stop_with(r.command("stop", v)),
+    "restart": lambda r, d, v: d.restart_with(r.command("restart", v)),
+    "ping": lambda r, d, v: r.ping(d, "ping", v),
+    "pid": lambda r, d, v: d.pid(r.file("pid", v)),
+    "log": lambda r, d, v: d.log(r.file("log", v)),
+    "lock": lambda r, d, v: d.lock(r.file("lock", v)),
+    "cwd": lambda r, d, v: d.cwd(r.file("cwd", v)),
+    "start_timeout": lambda r, d, v: d.start_timeout(r.number("start_timeout", v)),
+    "start_abort_timeout": lambda r, d, v: d.start_abort_timeout(
+        r.number("start_abort_timeout", v)
+    ),
+    "stop_timeout": lambda r, d, v: d.stop_timeout(r.number("stop_timeout", v)),
+    "log_activity_timeout": lambda r, d, v: d.log_activity_timeout(
+        r.number("log_activity_timeout", v)
+    ),
+    "ping_interval": lambda r, d, v: d.ping_interval(r.number("ping_interval", v)),
+    "stop_signal": lambda r, d, v: d.stop_signal(r.signal("stop_signal", v)),
+    "foreground": lambda r, d, v: d.daemonize_for_me(r.flag("foreground", v)),
+    "daemonize_for_me": lambda r, d, v: d.daemonize_for_me(r.flag("daemonize_for_me", v)),
+    "dont_stop_if_pid_file_invalid": lambda r, d, v: d.dont_stop_if_pid_file_invalid(
+        r.flag("dont_stop_if_pid_file_invalid", v)
+    ),
+    "user": lambda r, d, v: d.user(r.text("user", v)),
+    "env": lambda r, d, v: d.env(r.env("env", v)),
+}
