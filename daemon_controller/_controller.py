@@ -302,7 +302,14 @@ class _Start:
             stdout = None  # the user wants the daemon's output on our terminal
         elif self.detached:
             # The program stays in the foreground: its output is its log.
-            stdout = open(log_path, "ab")  # noqa: SIM115, PTH123 - handed to the child, closed below
+            try:
+                stdout = open(log_path, "ab")  # noqa: SIM115, PTH123 - handed to the child, closed below
+            except OSError as err:
+                msg = (
+                    f"Daemon '{self.daemon.name}' failed to start: cannot open its log file "
+                    f"{log_path!r}: {err.strerror or err}"
+                )
+                raise StartError(self.daemon.name, msg, ran=False) from err
         else:
             self.output_file = tempfile.TemporaryFile()  # noqa: SIM115 - closed in run()
             stdout = self.output_file
@@ -536,6 +543,7 @@ class _Start:
             )
             if not ready:
                 self._timed_out()
+            self._write_own_pid_file()
         except _StartFailed as failure:
             self._abort()
             raise self._error(failure) from None
@@ -545,10 +553,6 @@ class _Start:
             raise
         finally:
             self._close_handles()
-        if self.detached and _pidfile.read_pid(self.pid_file) is None and self.pid is not None:
-            # Many programs refuse to start when their PID file exists, so we
-            # write it only now, and only if the program wrote none itself.
-            _pidfile.write(self.pid_file, self.pid)
         self._close_output()
         logger.info(
             "Daemon '%s' is ready (PID %s) after %.3f s",
@@ -556,6 +560,24 @@ class _Start:
             self.pid,
             self.deadline.elapsed(),
         )
+
+    def _write_own_pid_file(self) -> None:
+        """Write the PID file of a program we daemonized, once it is ready.
+
+        Many programs refuse to start when their PID file exists, so it is
+        written only now, and only if the program wrote none itself. A PID file
+        we cannot write fails the start (and stops the program).
+        """
+        if not self.detached or self.pid is None or _pidfile.read_pid(self.pid_file) is not None:
+            return
+        try:
+            _pidfile.write(self.pid_file, self.pid)
+        except OSError as err:
+            raise _StartFailed(
+                f"Daemon '{self.daemon.name}' failed to start: cannot write its PID file "
+                f"{str(self.pid_file)!r}: {err.strerror or err}",
+                pid=self.pid,
+            ) from err
 
     def _timed_out(self) -> NoReturn:
         timeout = self.cfg.start_timeout
@@ -929,11 +951,17 @@ def connect(daemon: Daemon, function: Callable[[], T | None], clock: Clock = SYS
             result, error = _attempt(function)
     if not started:
         # Somebody else started it while we queued. Connect under the shared
-        # lock (no stop() can slip in either), alongside the other callers that
-        # queued: sixteen callers of a starting daemon then get through in
-        # milliseconds, instead of one after another.
+        # lock, alongside the other callers that queued: sixteen callers of a
+        # starting daemon then get through in milliseconds.
         with _lock.locked(lock, daemon.name, shared=True):
             result, error = _attempt(function)
+        if result is None:
+            # A stop() can slip in between the exclusive and the shared lock
+            # (flock cannot downgrade atomically): start it again if needed,
+            # and try once more without letting go of the lock.
+            with _lock.locked(lock, daemon.name, shared=False):
+                _ensure_running_locked(daemon, since, clock)
+                result, error = _attempt(function)
     if result is not None:
         return result
     detail = f": {error} ({type(error).__name__})" if error is not None else ""

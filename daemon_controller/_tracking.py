@@ -119,22 +119,32 @@ class Descendants:
     def terminate(self, grace: float, clock: Clock) -> list[int]:
         """Terminate every living descendant: SIGTERM, ``grace`` seconds, SIGKILL.
 
+        A descendant may fork between a scan and its signal (a daemon half-way
+        through its double fork, with SIGTERM blocked while it daemonizes), so
+        the scan is repeated once everything found so far has exited, until a
+        scan finds nobody new: only a process that has exited cannot fork.
+
         Returns:
             The PIDs that had to be terminated.
         """
-        self.scan()
-        victims = self.alive()
-        for proc in victims:
-            with contextlib.suppress(psutil.Error):
-                proc.terminate()
-        # Our own waits: psutil's would wait for PID 1 to reap a zombie.
         deadline = Deadline(grace, clock)
-        rest = [p for p in victims if not _process.wait_gone(p.pid, deadline, max_interval=0.05)]
-        for proc in rest:
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
-        kill_deadline = Deadline(5.0, clock)
-        for proc in rest:
-            _process.wait_gone(proc.pid, kill_deadline, max_interval=0.05)
+        victims: dict[int, psutil.Process] = {}
+        while True:
+            self.scan()
+            fresh = [proc for proc in self.alive() if proc.pid not in victims]
+            if not fresh:
+                break
+            for proc in fresh:
+                victims[proc.pid] = proc
+                with contextlib.suppress(psutil.Error):
+                    proc.terminate()
+            # Our own waits: psutil's would wait for PID 1 to reap a zombie.
+            rest = [p for p in fresh if not _process.wait_gone(p.pid, deadline, max_interval=0.05)]
+            for proc in rest:
+                with contextlib.suppress(psutil.Error):
+                    proc.kill()
+            kill_deadline = Deadline(5.0, clock)
+            for proc in rest:
+                _process.wait_gone(proc.pid, kill_deadline, max_interval=0.05)
         _process.reap_all()
-        return [proc.pid for proc in victims]
+        return sorted(victims)

@@ -43,6 +43,8 @@ def parse_signal(value: str | int) -> int:
 
 def signal_name(signum: int) -> str:
     """Return a readable name for a signal or console event number."""
+    if sys.platform != "win32":  # pragma: no cover - the other OS
+        raise NotImplementedError(_WRONG_OS)
     for name in sorted(_NAMES):
         if getattr(signal, name, None) == signum:
             return name
