@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -97,9 +98,10 @@ class Output:
 
 def _terminal_width() -> int:
     try:
-        return os.get_terminal_size().columns
-    except OSError:
-        return 80
+        columns = os.get_terminal_size(sys.stdout.fileno()).columns
+    except (OSError, ValueError):
+        columns = 0
+    return columns or 80  # an unsized pseudo-terminal (script, docker -t) says 0
 
 
 def _last_log_line(daemon: Daemon) -> str:
@@ -286,7 +288,7 @@ def cmd_logs(out: Output, project: _config.Project, name: str, lines: int) -> in
     except OSError as err:
         out.line(f"cannot read {log}: {err.strerror}")
         return FAILED
-    for line in text.splitlines()[-lines:]:
+    for line in text.splitlines()[-lines:] if lines > 0 else []:
         out.line(line)
     return OK
 
@@ -316,6 +318,14 @@ def cmd_exec(
             _run_waves(out, project, [w for w in reversed(started) if w], "stopping", _stop_one)
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        msg = f"must be 0 or more, not {value}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="daemon-controller",
@@ -325,25 +335,32 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-c", "--config", metavar="FILE", help="the daemons file to use")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what the library does")
+    # -c and -v are accepted after the command too: `daemon-controller up -v`.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-c", "--config", metavar="FILE", default=argparse.SUPPRESS)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, text in (
         ("up", "start the daemons that are not running"),
         ("down", "stop the daemons, in reverse order"),
         ("restart", "restart the daemons"),
     ):
-        p = sub.add_parser(name, help=text, description=text)
+        p = sub.add_parser(name, help=text, description=text, parents=[common])
         p.add_argument("names", nargs="*", metavar="NAME", help="only these daemons")
-    p = sub.add_parser("status", help="show state, PID, uptime and ping of each daemon")
+    p = sub.add_parser(
+        "status", help="show state, PID, uptime and ping of each daemon", parents=[common]
+    )
     p.add_argument("names", nargs="*", metavar="NAME", help="only these daemons")
     p.add_argument("--json", action="store_true", help="print JSON for machines")
-    p = sub.add_parser("logs", help="show the end of a daemon's log")
+    p = sub.add_parser("logs", help="show the end of a daemon's log", parents=[common])
     p.add_argument("name", metavar="NAME")
-    p.add_argument("-n", "--lines", type=int, default=20, help="how many lines (default 20)")
+    p.add_argument("-n", "--lines", type=_count, default=20, help="how many lines (default 20)")
     p = sub.add_parser(
         "exec",
         help="run a command with the daemons up",
         description="Start the daemons, run COMMAND, pass its exit code through, and stop "
         "the daemons this started (unless --keep).",
+        parents=[common],
     )
     p.add_argument("names", nargs="*", metavar="NAME", help="only these daemons")
     p.add_argument("--keep", action="store_true", help="leave the daemons running afterwards")
@@ -361,6 +378,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(args_in)  # exits 2 on a usage error, as argparse does
     out = Output()
     err = Output(sys.stderr)
+    # A CI timeout sends SIGTERM: treat it like Ctrl-C, so that `exec` still
+    # stops the daemons it started.
+    with contextlib.suppress(ValueError):  # not the main thread (embedded use)
+        signal.signal(signal.SIGTERM, _interrupt)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(name)s: %(message)s",
@@ -372,12 +393,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (_Usage, _config.ConfigError) as problem:
         err.line(f"daemon-controller: {problem}")
         return USAGE
+    except ValueError as problem:  # an incomplete daemon: a configuration problem
+        err.line(f"daemon-controller: {problem}")
+        return USAGE
     except DaemonError as problem:
         err.line(f"daemon-controller: {problem}")
         return FAILED
     except KeyboardInterrupt:
         err.line("daemon-controller: interrupted")
         return 130
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(signum)
 
 
 def _project(args: argparse.Namespace, command: list[str]) -> _config.Project:

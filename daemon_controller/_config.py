@@ -134,7 +134,8 @@ def _pyproject_table(path: Path) -> dict[str, Any] | None:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
         return None
-    table = data.get("tool", {}).get("daemon-controller")
+    tool = data.get("tool")
+    table = tool.get("daemon-controller") if isinstance(tool, dict) else None
     return table if isinstance(table, dict) else None
 
 
@@ -163,7 +164,8 @@ def _read_table(path: Path) -> dict[str, Any]:
     prefix = ""
     table: object = data
     if path.name == "pyproject.toml":
-        table = data.get("tool", {}).get("daemon-controller")
+        tool = data.get("tool")
+        table = tool.get("daemon-controller") if isinstance(tool, dict) else None
         prefix = "tool.daemon-controller."
     if not isinstance(table, dict) or not isinstance(table.get("daemons"), dict):
         raise ConfigError(path, f"no [{prefix}daemons.<name>] tables")
@@ -285,7 +287,16 @@ class _Reader:
                 if isinstance(err, ConfigError):
                     raise
                 raise self.fail(key, str(err).removeprefix(f"Daemon '{self.name}': ")) from err
+        self.require_files(daemon, options)
         return daemon, deps
+
+    def require_files(self, daemon: Daemon, options: dict[str, Any]) -> None:
+        """Only a program we run in the foreground gets default PID and log files."""
+        if daemon.config.daemonize_for_me:
+            return
+        for required in ("pid", "log"):
+            if required not in options:
+                raise self.fail(required, "is required unless foreground = true")
 
 
 _SETTERS: dict[str, Callable[[_Reader, Daemon, object], Daemon]] = {
