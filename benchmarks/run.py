@@ -209,7 +209,11 @@ def _connect_worker(args: tuple[str, str, str, str, int, Any, Any, Any]) -> None
         .log(log)
         .start_timeout(20)
     )
-    daemon.is_running()  # warm up: imports, lock file, PID-file cache
+    # Warm up what every long-running process has warm: our imports and lock
+    # file, and the connect function's own first-call cost (the first
+    # getaddrinfo() imports the idna codec: ~4 ms of CPU per process).
+    daemon.is_running()
+    socket.getaddrinfo("127.0.0.1", int(port_s), type=socket.SOCK_STREAM)
     ready.put(index)
     go.wait(60)
     sock = daemon.connect(lambda: socket.create_connection(("127.0.0.1", int(port_s))))

@@ -932,6 +932,45 @@ def ensure_running(daemon: Daemon, since: int, clock: Clock = SYSTEM_CLOCK) -> b
         return _ensure_running_locked(daemon, since, clock)
 
 
+def _start_and_connect(
+    daemon: Daemon, function: Callable[[], T | None], since: int, clock: Clock
+) -> tuple[T | None, OSError | None]:
+    """The daemon did not answer: start it (or wait for whoever is starting it), then connect.
+
+    Nobody busy with the lock: take it exclusively and start the daemon if it
+    is not running; the caller that starts it connects under the exclusive
+    lock, as in the gem, so no stop() slips in between.
+
+    The lock busy (most likely somebody starting the daemon): wait for it in
+    *shared* mode and connect alongside the other waiters. Sixteen callers of
+    a starting daemon then connect at the same moment instead of taking the
+    exclusive lock one after another. If the daemon is still not running (that
+    start failed, or a stop() slipped in), fall back to the exclusive lock.
+    """
+    name = daemon.name
+    _, lock = _paths(daemon)
+    exclusive = _lock.locked(lock, name, shared=False)
+    if exclusive.enter(blocking=False):
+        try:
+            if _ensure_running_locked(daemon, since, clock):
+                return _attempt(function)
+        finally:
+            exclusive.__exit__()
+    with _lock.locked(lock, name, shared=True):
+        pid_file, _ = _paths(daemon)
+        if _pidfile.live_pid(pid_file) is not None:
+            result, error = _attempt(function)
+            if result is not None:
+                return result, error
+        else:
+            shared = _failures.recorded_since(lock, since)
+            if shared is not None:
+                raise shared
+    with _lock.locked(lock, name, shared=False):
+        _ensure_running_locked(daemon, since, clock)
+        return _attempt(function)
+
+
 def connect(daemon: Daemon, function: Callable[[], T | None], clock: Clock = SYSTEM_CLOCK) -> T:
     """See :meth:`Daemon.connect`."""
     _require(daemon, *_START_PARTS)
@@ -943,25 +982,7 @@ def connect(daemon: Daemon, function: Callable[[], T | None], clock: Clock = SYS
         result, _ = _attempt(function)
     if result is not None:
         return result
-    with _lock.locked(lock, daemon.name, shared=False):
-        started = _ensure_running_locked(daemon, since, clock)
-        if started:
-            # As in the gem: the caller that started the daemon connects under
-            # the exclusive lock, so no stop() slips in between.
-            result, error = _attempt(function)
-    if not started:
-        # Somebody else started it while we queued. Connect under the shared
-        # lock, alongside the other callers that queued: sixteen callers of a
-        # starting daemon then get through in milliseconds.
-        with _lock.locked(lock, daemon.name, shared=True):
-            result, error = _attempt(function)
-        if result is None:
-            # A stop() can slip in between the exclusive and the shared lock
-            # (flock cannot downgrade atomically): start it again if needed,
-            # and try once more without letting go of the lock.
-            with _lock.locked(lock, daemon.name, shared=False):
-                _ensure_running_locked(daemon, since, clock)
-                result, error = _attempt(function)
+    result, error = _start_and_connect(daemon, function, since, clock)
     if result is not None:
         return result
     detail = f": {error} ({type(error).__name__})" if error is not None else ""

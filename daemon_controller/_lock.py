@@ -194,12 +194,19 @@ class locked:  # noqa: N801 - used like a function: ``with locked(...)``
         self._key = ""
 
     def __enter__(self) -> None:
+        self.enter()
+
+    def enter(self, *, blocking: bool = True) -> bool:
+        """Take the lock (``with`` does this); ``False`` if not ``blocking`` and taken.
+
+        A lock this thread already holds strongly enough counts as taken by us.
+        """
         key = str(self.path)
         state = _state
         current = state.held.get(key)
         if current is not None:
             if self.shared or not current:
-                return  # already held, strongly enough, by this very thread
+                return True  # already held, strongly enough, by this very thread
             msg = (
                 f"Daemon '{self.identifier}': cannot start or stop it from code that runs "
                 "under its shared lock (for example inside the function given to "
@@ -211,11 +218,13 @@ class locked:  # noqa: N801 - used like a function: ``with locked(...)``
             fd = _cached_fd(self.path, self.identifier)
             if fd is None:
                 if self.missing_dir_ok:
-                    return
+                    return True
                 raise _missing_dir(self.path, self.identifier)
-        _platform.lock_fd(fd, shared=self.shared)
+        if not _platform.lock_fd(fd, shared=self.shared, blocking=blocking):
+            return False
         state.held[key] = self.shared
         self._fd, self._key = fd, key
+        return True
 
     def __exit__(self, *exc_info: object) -> None:
         fd = self._fd
