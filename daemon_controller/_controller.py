@@ -437,14 +437,25 @@ class _Start:
         if self.log.changed():
             self.last_activity = self.clock.now()
         elif self.clock.now() - self.last_activity > self.cfg.log_file_activity_timeout:
-            raise _StartFailed(
-                f"Daemon '{self.daemon.name}' failed to start: no PID file at "
-                f"{str(self.pid_file)!r} and no new log output for "
-                f"{self.cfg.log_file_activity_timeout:g} s; it seems to have exited after "
-                "going into the background.",
-                timeout=self.cfg.log_file_activity_timeout,
-            )
+            raise self._silent_log_failure()
         return None
+
+    def _silent_log_failure(self) -> _StartFailed:
+        """No PID file and a silent log: say whether something of the daemon still runs."""
+        if self.watched is not None:
+            what = (
+                f"it still runs (PID {self.watched}) but has not written it; "
+                "does the daemon write its PID file where pid() says?"
+            )
+        else:
+            what = "it seems to have exited after going into the background."
+        return _StartFailed(
+            f"Daemon '{self.daemon.name}' failed to start: no PID file at "
+            f"{str(self.pid_file)!r} and no new log output for "
+            f"{self.cfg.log_file_activity_timeout:g} s; {what}",
+            timeout=self.cfg.log_file_activity_timeout,
+            pid=self.watched,
+        )
 
     def _sleep(self, seconds: float) -> None:
         """Pause between checks, waking early when the process we watch exits.
@@ -791,8 +802,13 @@ def _force_stop(daemon: Daemon, pid: int | None, clock: Clock, *, group: bool = 
         victim,
     )
     if victim is not None:
+        # Listed before the kill, while they are still its children: a killed
+        # nginx master leaves its workers running (re-parented to PID 1), still
+        # serving the requests that held up the stop.
+        family = _process.descendants(victim)
         _platform.force_kill(victim, group=group)
         _process.wait_gone(victim, Deadline(_KILL_GRACE, clock), max_interval=0.05)
+        _process.kill_all(family, Deadline(_KILL_GRACE, clock))
     _pidfile.remove(pid_file)
     msg = (
         f"Daemon '{daemon.name}' did not exit within {cfg.stop_timeout:g} s and was killed"

@@ -82,6 +82,22 @@ def create_time(pid: int) -> float | None:
     return None
 
 
+def descendants(pid: int) -> list[psutil.Process]:
+    """The living children of ``pid``, recursively (empty if they cannot be read)."""
+    with contextlib.suppress(psutil.Error):
+        return psutil.Process(pid).children(recursive=True)
+    return []
+
+
+def kill_all(procs: list[psutil.Process], deadline: Deadline) -> None:
+    """SIGKILL each process that is still the one we listed; wait for them to be gone."""
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()  # psutil checks that the PID was not reused meanwhile
+    for proc in procs:
+        wait_gone(proc.pid, deadline, max_interval=0.05)
+
+
 def wait_gone(pid: int, deadline: Deadline, max_interval: float) -> bool:
     """Wait until ``pid`` has exited (zombie counts as exited), until the deadline.
 

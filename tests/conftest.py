@@ -20,9 +20,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from echo_server import echo_command, free_port  # noqa: E402
+import contextlib
 
-from daemon_controller import Daemon  # noqa: E402
+from echo_server import echo_command, free_port
+
+from daemon_controller import Daemon
 
 MARKER = "DC_TEST_ID"
 
@@ -45,10 +47,8 @@ def marked_processes(marker: str) -> list[psutil.Process]:
 
 def kill_all(procs: list[psutil.Process]) -> None:
     for proc in procs:
-        try:
+        with contextlib.suppress(psutil.Error):
             proc.kill()
-        except psutil.Error:
-            pass
     psutil.wait_procs(procs, timeout=5)
 
 

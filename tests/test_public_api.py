@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from importlib.resources import files
 
 import daemon_controller
 
@@ -45,8 +46,6 @@ def test_every_exported_name_exists_and_belongs_to_the_package():
 
 
 def test_ships_py_typed():
-    from importlib.resources import files
-
     assert files("daemon_controller").joinpath("py.typed").is_file()
 
 
