@@ -457,6 +457,21 @@ class _Start:
             pid=self.watched,
         )
 
+    def _pause(self, chosen: float) -> float:
+        """While only the start command's exit can change anything, wait for it long.
+
+        That wait wakes on the exit itself (see ``_sleep``), so there is no point
+        in checking every millisecond meanwhile.
+        """
+        if (
+            self.returncode is None
+            and not self.detached
+            and self.proc is not None
+            and self.handles.get(self.proc.pid) is not None
+        ):
+            return self.cfg.ping_interval
+        return chosen
+
     def _sleep(self, seconds: float) -> None:
         """Pause between checks, waking early when the process we watch exits.
 
@@ -551,6 +566,7 @@ class _Start:
                 max_interval=self.cfg.ping_interval,
                 sleep=self._sleep,
                 overhead=self._take_scan_time,
+                adjust=self._pause,
             )
             if not ready:
                 self._timed_out()

@@ -94,6 +94,7 @@ def poll_until(
     first_interval: float = 0.001,
     sleep: Callable[[float], None] | None = None,
     overhead: Callable[[], float] | None = None,
+    adjust: Callable[[float], float] | None = None,
 ) -> T | None:
     """Call ``check`` until it returns something other than ``None``.
 
@@ -112,6 +113,8 @@ def poll_until(
             on an event instead (a process exit) and return early.
         overhead: Called after each check: seconds of that check not to count
             as its cost (work the caller already rate-limits by itself).
+        adjust: Given the pause chosen, returns the pause to take (a caller
+            whose ``sleep`` wakes on the event it waits for can pause longer).
 
     Returns:
         The first non-``None`` result, or ``None`` if the deadline passed first.
@@ -131,7 +134,10 @@ def poll_until(
 
     def pause(_state: tenacity.RetryCallState) -> float:
         floor = first_interval + deadline.elapsed() * _PATIENCE
-        return min(max(floor, cost * _COST_RATIO), ceiling, deadline.remaining())
+        chosen = min(max(floor, cost * _COST_RATIO), ceiling)
+        if adjust is not None:
+            chosen = adjust(chosen)
+        return min(chosen, deadline.remaining())
 
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_result(lambda result: result is None),
