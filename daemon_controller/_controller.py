@@ -40,6 +40,8 @@ _LOG_TAIL_BYTES = 64 * 1024
 _KILL_GRACE = 5.0
 #: "Everything the start created has exited" must hold this long to count.
 _ALL_GONE_CONFIRM = 0.015
+#: How often connect() tries the lock without queueing before it queues.
+_CONNECT_ROUNDS = 20
 #: While a watched descendant lives, all processes are scanned this often...
 _RESCAN = 0.05
 #: ...and otherwise at most this often (a scan of ~100 processes costs ~1.5 ms).
@@ -976,28 +978,31 @@ def _start_and_connect(
     The lock busy (most likely somebody starting the daemon): wait for it in
     *shared* mode and connect alongside the other waiters. Sixteen callers of
     a starting daemon then connect at the same moment instead of taking the
-    exclusive lock one after another. If the daemon is still not running (that
-    start failed, or a stop() slipped in), fall back to the exclusive lock.
+    exclusive lock one after another (an exclusive waiter must also wait for
+    every reader, so it would come last). If the daemon is still not running
+    and nobody's start failed meanwhile, try the exclusive lock again; after a
+    few rounds, queue for it.
     """
     name = daemon.name
-    _, lock = _paths(daemon)
-    exclusive = _lock.locked(lock, name, shared=False)
-    if exclusive.enter(blocking=False):
-        try:
-            if _ensure_running_locked(daemon, since, clock):
-                return _attempt(function)
-        finally:
-            exclusive.__exit__()
-    with _lock.locked(lock, name, shared=True):
-        pid_file, _ = _paths(daemon)
-        if _pidfile.live_pid(pid_file) is not None:
-            result, error = _attempt(function)
-            if result is not None:
-                return result, error
-        else:
+    pid_file, lock = _paths(daemon)
+    for _ in range(_CONNECT_ROUNDS):
+        exclusive = _lock.locked(lock, name, shared=False)
+        if exclusive.enter(blocking=False):
+            try:
+                if _ensure_running_locked(daemon, since, clock):
+                    return _attempt(function)
+            finally:
+                exclusive.__exit__()
+        with _lock.locked(lock, name, shared=True):
+            if _pidfile.live_pid(pid_file) is not None:
+                result, error = _attempt(function)
+                if result is not None:
+                    return result, error
+                break  # running, yet no answer: one last try under the exclusive lock
             shared = _failures.recorded_since(lock, since)
             if shared is not None:
                 raise shared
+    # A stop() slipped in, or the lock stayed busy: queue for it this time.
     with _lock.locked(lock, name, shared=False):
         _ensure_running_locked(daemon, since, clock)
         return _attempt(function)
