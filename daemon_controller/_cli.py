@@ -20,11 +20,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import IO, TYPE_CHECKING, Any
 
 from . import _config
-from ._errors import DaemonError
+from ._errors import AlreadyStarted, DaemonError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
 
+    from ._scoped import Running
     from ._spec import Daemon
 
 EXAMPLES = """\
@@ -185,7 +186,10 @@ def _start_one(_name: str, daemon: Daemon) -> str | None:
     if daemon.is_running():
         return f"already running (PID {daemon.read_pid()})"
     started = time.monotonic()
-    daemon.start()
+    try:
+        daemon.start()
+    except AlreadyStarted as err:  # somebody else started it meanwhile: fine
+        return f"already running (PID {err.pid})"
     return f"started (PID {daemon.read_pid()}) in {time.monotonic() - started:.2f} s"
 
 
@@ -296,14 +300,31 @@ def cmd_logs(out: Output, project: _config.Project, name: str, lines: int) -> in
 def cmd_exec(
     out: Output, project: _config.Project, names: list[str], command: list[str], *, keep: bool
 ) -> int:
-    """Run ``command`` with the daemons up; stop the ones this started unless ``keep``."""
+    """Run ``command`` with the daemons up; stop the ones this started unless ``keep``.
+
+    Each daemon is entered as a ``running()`` block, so two ``exec`` runs at
+    once share the daemons: the one that started a daemon does not stop it
+    while the other's command still uses it; the last one out does.
+    """
     if not command:
         raise _Usage("exec needs a command after '--', e.g.: daemon-controller exec -- pytest")
     waves = project.order(names or None)
-    was_running = {n for wave in waves for n in wave if project.daemons[n].is_running()}
-    status = _run_waves(out, project, waves, "starting", _start_one)
-    started = [[n for n in wave if n not in was_running] for wave in waves]
+    blocks: list[Running] = []
+    lock = threading.Lock()
+
+    def enter(_name: str, daemon: Daemon) -> str | None:
+        running_before = daemon.read_pid()
+        block = daemon.running(stop=False if keep else None)
+        started = time.monotonic()
+        block.__enter__()
+        with lock:
+            blocks.append(block)
+        if running_before is not None:
+            return f"already running (PID {running_before})"
+        return f"started (PID {daemon.read_pid()}) in {time.monotonic() - started:.2f} s"
+
     try:
+        status = _run_waves(out, project, waves, "starting", enter)
         if status != OK:
             return status
         try:
@@ -314,8 +335,21 @@ def cmd_exec(
         except KeyboardInterrupt:
             return 130
     finally:
-        if not keep:
-            _run_waves(out, project, [w for w in reversed(started) if w], "stopping", _stop_one)
+        _leave_all(out, blocks)
+
+
+def _leave_all(out: Output, blocks: list[Running]) -> None:
+    """Leave the blocks in reverse order, reporting what that stopped."""
+    for block in reversed(blocks):
+        pid = block.daemon.read_pid()
+        try:
+            block.__exit__(None, None, None)
+        except DaemonError as err:
+            out.line(f"{out.paint('FAILED', '31;1')} {block.daemon.name}: {type(err).__name__}")
+            out.line(_indent(str(err)))
+            continue
+        if pid is not None and block.daemon.read_pid() is None:
+            out.line(f"{out.paint('ok', '32')} {block.daemon.name}: stopped (PID {pid})")
 
 
 def _count(text: str) -> int:

@@ -235,20 +235,6 @@ class _LogWatch:
 # -- stopping a process ---------------------------------------------------------------
 
 
-def _terminate(pid: int, grace: float, clock: Clock, *, group: bool = False) -> None:
-    """SIGTERM (or the platform's equivalent), wait ``grace`` seconds, then kill."""
-    term = _platform.parse_signal(_platform.DEFAULT_STOP_SIGNAL)
-    try:
-        _platform.send_signal(pid, term, group=group)
-    except ProcessLookupError:
-        pass
-    except PermissionError:
-        return  # not ours to stop
-    if not _process.wait_gone(pid, Deadline(grace, clock), max_interval=0.05):
-        _platform.force_kill(pid, group=group)
-        _process.wait_gone(pid, Deadline(_KILL_GRACE, clock), max_interval=0.05)
-
-
 # -- start ---------------------------------------------------------------------------------
 
 
@@ -295,7 +281,7 @@ class _Start:
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         args, shell = _popen_args(self.command)
-        if self.detached and isinstance(args, str):
+        if self.detached and isinstance(args, str) and _platform.SHELL_HAS_EXEC:
             args = _exec_in_shell(args)
         log_path = str(self.cfg.log_file)
         passthrough = log_path in _platform.PASSTHROUGH_LOG_PATHS
@@ -824,7 +810,14 @@ def _force_stop(daemon: Daemon, pid: int | None, clock: Clock, *, group: bool = 
         # nginx master leaves its workers running (re-parented to PID 1), still
         # serving the requests that held up the stop.
         family = _process.descendants(victim)
-        _platform.force_kill(victim, group=group)
+        try:
+            _platform.force_kill(victim, group=group)
+        except PermissionError as err:
+            msg = (
+                f"Daemon '{daemon.name}' did not exit within {cfg.stop_timeout:g} s, and "
+                f"there is no permission to kill PID {victim} (it belongs to another user)."
+            )
+            raise StopError(daemon.name, msg, pid=victim) from err
         _process.wait_gone(victim, Deadline(_KILL_GRACE, clock), max_interval=0.05)
         _process.kill_all(family, Deadline(_KILL_GRACE, clock))
     _pidfile.remove(pid_file)

@@ -115,10 +115,19 @@ def acquire(path: Path, identifier: str, *, shared: bool, blocking: bool = True)
     return Held(fd)
 
 
+class _OpenFiles(dict[str, int]):
+    """path -> fd of the lock files one thread keeps open; closed with the thread."""
+
+    def __del__(self) -> None:
+        for fd in self.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
 class _ThreadState(threading.local):
     def __init__(self) -> None:
-        # path -> fd: lock files this thread keeps open.
-        self.files: dict[str, int] = {}
+        # Lock files this thread keeps open (closed when the thread ends).
+        self.files: dict[str, int] = _OpenFiles()
         # path -> shared?: the daemon locks this thread holds right now.
         self.held: dict[str, bool] = {}
 
@@ -194,7 +203,9 @@ class locked:  # noqa: N801 - used like a function: ``with locked(...)``
         self._key = ""
 
     def __enter__(self) -> None:
-        self.enter()
+        if not self.enter():  # pragma: no cover - a blocking enter waits until it holds it
+            msg = f"Daemon '{self.identifier}': could not lock {str(self.path)!r}"
+            raise DaemonError(self.identifier, msg)
 
     def enter(self, *, blocking: bool = True) -> bool:
         """Take the lock (``with`` does this); ``False`` if not ``blocking`` and taken.

@@ -87,13 +87,10 @@ def _remember(key: str, verdict: _Verdict) -> None:
     with _verdicts_lock:
         old = _verdicts.get(key)
         if len(_verdicts) >= _MAX_VERDICTS and old is None:
-            for stale in _verdicts.values():
-                if stale.handle is not None:
-                    stale.handle.close()
             _verdicts.clear()
+        # Replaced handles are not closed here: another thread may be polling
+        # one right now. They close themselves when the last reference goes.
         _verdicts[key] = verdict
-        if old is not None and old.handle is not None and old.handle != verdict.handle:
-            old.handle.close()
 
 
 def live_pid(path: Path) -> int | None:
@@ -121,7 +118,10 @@ def live_pid(path: Path) -> int | None:
         if known.pid is None:
             return None
         if known.handle is not None:
-            return None if known.handle.exited() else known.pid
+            if known.handle.exited():
+                _process.reap(known.pid)  # a daemon we spawned: no zombie of ours
+                return None
+            return known.pid
     return _examine(key)
 
 
@@ -194,6 +194,8 @@ def write(path: Path, pid: int) -> None:
     """
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, 0o644)  # readable by others, like PID files daemons write
         with os.fdopen(fd, "w") as f:
             f.write(f"{pid}\n")
         os.replace(tmp, path)

@@ -66,7 +66,9 @@ def settle(daemon: Daemon, *, stop: bool | None = None) -> bool:
     if last is None:
         return False  # somebody else is inside; the last one out decides
     try:
-        if stop is None:
+        if stop is True:
+            daemon.stop()
+        elif stop is None:
             owner = _pidfile.read_pid(owner_path(lock))
             if owner is not None and owner == daemon.read_pid():
                 daemon.stop()

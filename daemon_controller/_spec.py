@@ -14,6 +14,7 @@ be shared freely between threads.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -35,6 +36,12 @@ Command = str | tuple[str, ...]
 #: after ``before_start``, under the lock).
 StartCommand = Command | Callable[[], str | Sequence[str]]
 PathArg = str | os.PathLike[str]
+
+
+@functools.cache
+def _runtime_dir() -> Path:
+    # Made and checked once per process: resolved() is on every action's path.
+    return _platform.runtime_dir()
 
 
 def _absolute(path: PathArg) -> Path:
@@ -206,7 +213,7 @@ class Daemon:
         if not cfg.daemonize_for_me or (cfg.pid_file is not None and cfg.log_file is not None):
             return self
         try:
-            base = _platform.runtime_dir()
+            base = _runtime_dir()
         except (OSError, NotImplementedError) as err:
             msg = f"Daemon '{self.name}': no runtime directory for its default files: {err}"
             raise DaemonError(self.name, msg) from err
@@ -477,7 +484,7 @@ class Daemon:
 
         ``function`` returning ``None`` or raising a connect error (refused, reset,
         timed out, no such socket file...) means "cannot connect". It may be
-        called twice.
+        called up to three times.
 
         Returns:
             What ``function`` returned.

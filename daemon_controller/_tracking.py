@@ -58,8 +58,11 @@ class Descendants:
         self.adopt(root_pid)
 
     def adopt(self, pid: int) -> None:
-        """Track ``pid`` too (a PID file's process that may have cleared its environment)."""
-        if pid not in self.known:
+        """Track ``pid`` too (a PID file's process that may have cleared its environment).
+
+        A process that existed before the spawn cannot be ours: never adopted.
+        """
+        if pid not in self.known and pid not in self.before:
             with contextlib.suppress(psutil.Error):
                 self.known[pid] = psutil.Process(pid).create_time()
                 self.strangers.discard(pid)

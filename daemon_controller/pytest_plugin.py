@@ -81,6 +81,7 @@ def daemon_fixture(
         The fixture; assign it to a module-level name in a ``conftest.py`` or
         test module.
     """
+    daemon = daemon.resolved()  # default files filled in: settle() and log reports need them
     _declared[name] = (daemon, scope, stop)
 
     def fixture() -> Generator[Daemon, None, None]:

@@ -136,8 +136,15 @@ def test_start_does_not_return_before_the_daemon_listens(echo, tmp_path, delay):
     daemon.start()
     returned = time.monotonic()
     try:
-        events = [json.loads(line) for line in record.read_text().splitlines()]
-        listening = [e for e in events if e["event"] == "listening"]
+        # The daemon stamps the moment it listens, then writes and fsyncs the
+        # line: start() may return before the line is in the file.
+        deadline = time.monotonic() + 5
+        while True:
+            events = [json.loads(line) for line in record.read_text().splitlines()]
+            listening = [e for e in events if e["event"] == "listening"]
+            if listening or time.monotonic() > deadline:
+                break
+            time.sleep(0.005)
         assert listening, events
         assert listening[0]["monotonic"] <= returned
         assert echo_roundtrip(echo.port) == b"hello daemon\n"

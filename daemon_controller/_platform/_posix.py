@@ -20,6 +20,8 @@ else:  # pragma: no cover - Windows
 
 DEFAULT_STOP_SIGNAL = "TERM"
 FORCE_SIGNAL_NAME = "SIGKILL"
+#: Whether ``sh -c "exec prog"`` works here (cmd.exe has no exec).
+SHELL_HAS_EXEC = True
 _WRONG_OS = "POSIX process control is not available on Windows"
 
 #: Log paths that mean "our own terminal": output written there is not a file
@@ -264,12 +266,24 @@ class ExitHandle:
     def __init__(self, fd: int) -> None:
         self._fd = fd
 
+    def __del__(self) -> None:
+        # Shared handles are closed when the last user lets go of them, never
+        # under another thread's feet (a closed fd would poll as "exited").
+        self.close()
+
     def _poll(self, milliseconds: int) -> bool:
         if sys.platform == "win32":  # pragma: no cover - the other OS
             raise NotImplementedError(_WRONG_OS)
+        if self._fd < 0:
+            msg = "exit handle used after close()"
+            raise ValueError(msg)
         poller = select.poll()
         poller.register(self._fd, select.POLLIN)
-        return bool(poller.poll(milliseconds))
+        events = poller.poll(milliseconds)
+        if events and events[0][1] & select.POLLNVAL:
+            msg = "exit handle's descriptor is not open"
+            raise ValueError(msg)
+        return bool(events)
 
     def exited(self) -> bool:
         """Whether the process has exited (a zombie has)."""
@@ -280,9 +294,11 @@ class ExitHandle:
         return self._poll(max(0, int(timeout * 1000)))
 
     def close(self) -> None:
-        """Close the pidfd."""
-        with contextlib.suppress(OSError):
-            os.close(self._fd)
+        """Close the pidfd (only its last user should)."""
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def exit_handle(pid: int) -> ExitHandle | None:

@@ -15,11 +15,15 @@ import psutil
 
 DEFAULT_STOP_SIGNAL = "CTRL_BREAK_EVENT"
 FORCE_SIGNAL_NAME = "TerminateProcess"
+#: Whether ``sh -c "exec prog"`` works here (cmd.exe has no exec).
+SHELL_HAS_EXEC = False
 _WRONG_OS = "Windows process control is only available on Windows"
 
 PASSTHROUGH_LOG_PATHS = frozenset({"CON", "CONOUT$"})
 
-_NAMES = {"CTRL_BREAK_EVENT", "CTRL_C_EVENT", "SIGTERM", "SIGINT", "SIGBREAK"}
+#: What psutil can send on Windows: the two console events, and SIGTERM
+#: (TerminateProcess).
+_NAMES = {"CTRL_BREAK_EVENT", "CTRL_C_EVENT", "SIGTERM"}
 
 
 def parse_signal(value: str | int) -> int:
@@ -33,8 +37,8 @@ def parse_signal(value: str | int) -> int:
     if isinstance(value, int):
         return value
     name = value.strip().upper()
-    if name in {"TERM", "INT", "BREAK"}:
-        name = "SIG" + name
+    if name == "TERM":
+        name = "SIGTERM"
     if name not in _NAMES:
         msg = f"{value!r} is not a signal or console event on Windows"
         raise ValueError(msg)
@@ -170,11 +174,15 @@ def lock_fd(fd: int, *, shared: bool, blocking: bool = True) -> bool:
     flags = portalocker.LockFlags.SHARED if shared else portalocker.LockFlags.EXCLUSIVE
     if not blocking:
         flags |= portalocker.LockFlags.NON_BLOCKING
-    try:
-        portalocker.lock(fd, flags)
-    except portalocker.AlreadyLocked:
-        return False
-    return True
+    while True:
+        try:
+            portalocker.lock(fd, flags)
+        except portalocker.AlreadyLocked:
+            # msvcrt's blocking lock gives up after about 10 s; we wait on.
+            if not blocking:
+                return False
+            continue
+        return True
 
 
 def unlock_fd(fd: int) -> None:
