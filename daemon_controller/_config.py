@@ -16,10 +16,11 @@ keys and wrong types are errors naming the file, the daemon and the key.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._probes import CommandPing
 from ._spec import Daemon
 
 if TYPE_CHECKING:
@@ -254,7 +255,7 @@ class _Reader:
 
     def ping(self, daemon: Daemon, key: str, value: object) -> Daemon:
         if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
-            return daemon.ping_command(value)
+            return self.in_base(daemon.ping_command(value))
         text = self.text(key, value)
         if text.startswith("tcp://"):
             host, _, port = text.removeprefix("tcp://").rstrip("/").rpartition(":")
@@ -268,7 +269,13 @@ class _Reader:
             return daemon.ping_unix(self.base / socket_path)  # relative to the file
         if text.startswith(("http://", "https://")):
             return daemon.ping_http(text)
-        return daemon.ping_command(text)
+        return self.in_base(daemon.ping_command(text))
+
+    def in_base(self, daemon: Daemon) -> Daemon:
+        """A ping command runs in the file's directory, like the other commands."""
+        probe = daemon.config.ping_command
+        assert isinstance(probe, CommandPing)  # noqa: S101 - just set by ping_command()
+        return daemon._with(ping_command=replace(probe, cwd=self.base))  # noqa: SLF001 - same package
 
     def daemon(self, options: dict[str, Any]) -> tuple[Daemon, tuple[str, ...]]:
         for required in ("start", "ping"):

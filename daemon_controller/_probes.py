@@ -173,9 +173,15 @@ class HttpPing:
 
 @dataclass(frozen=True, slots=True)
 class CommandPing:
-    """Ready when the command exits with status 0 (a str runs through the shell)."""
+    """Ready when the command exits with status 0 (a str runs through the shell).
+
+    Attributes:
+        command: The command.
+        cwd: Where it runs; ``None`` is our working directory.
+    """
 
     command: str | tuple[str, ...]
+    cwd: Path | None = None
 
     def check(self, timeout: float) -> bool:
         """Run the command, discarding its output."""
@@ -188,6 +194,7 @@ class CommandPing:
                 stderr=subprocess.DEVNULL,
                 timeout=max(timeout, 0.1),
                 check=False,
+                cwd=self.cwd,
             )
         except (subprocess.TimeoutExpired, OSError):
             return False

@@ -175,6 +175,9 @@ def test_relative_file_path_is_made_absolute_against_the_file(tmp_path, monkeypa
 )
 def test_ping_forms(tmp_path, ping, expected):
     web = load_one(tmp_path, f'start = "x"\nping = {ping}\n')
+    if isinstance(expected, CommandPing):
+        # A ping command runs in the file's directory, like the other commands.
+        expected = CommandPing(expected.command, cwd=tmp_path)
     assert web.config.ping_command == expected
 
 
