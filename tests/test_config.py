@@ -20,6 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 from echo_server import ECHO_SERVER, free_port
+from helpers import gone
 
 import daemon_controller
 from daemon_controller import (
@@ -61,13 +62,6 @@ def load_one(directory: Path, options: str, name: str = "web") -> Daemon:
     daemons = load(path)
     assert list(daemons) == [name]
     return daemons[name]
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def answers(port: int) -> bool:

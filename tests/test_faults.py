@@ -33,6 +33,7 @@ from pathlib import Path
 import psutil
 import pytest
 from echo_server import ECHO_SERVER, echo_command, free_port
+from helpers import gone, wait_until
 
 from daemon_controller import Daemon
 
@@ -43,24 +44,6 @@ ROUNDS = 20
 STOP_PROBABILITY = 0.5
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-def gone(pid: int) -> bool:
-    """Whether ``pid`` has exited (a zombie waiting for PID 1 counts as exited)."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def wait_until(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
 
 
 def marked(test_id: str) -> list[int]:

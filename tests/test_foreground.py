@@ -17,17 +17,11 @@ from pathlib import Path
 import psutil
 import pytest
 from echo_server import ECHO_SERVER, free_port
+from helpers import gone
 
 from daemon_controller import Daemon, StartError
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX shells and users")
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def wait_gone(pid: int, timeout: float = 10) -> bool:

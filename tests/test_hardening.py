@@ -45,6 +45,7 @@ from pathlib import Path
 import psutil
 import pytest
 from echo_server import echo_command, free_port
+from helpers import gone, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -69,25 +70,6 @@ needs_root = pytest.mark.skipif(
 
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-def gone(pid: int) -> bool:
-    """Whether ``pid`` has exited (a zombie waiting for PID 1 counts as exited)."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def wait_until(predicate, timeout: float = 10.0) -> bool:
-    """Poll ``predicate`` until it is true or ``timeout`` seconds have passed."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
 
 
 def marked(test_id: str) -> list[int]:

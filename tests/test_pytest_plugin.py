@@ -22,6 +22,7 @@ from pathlib import Path
 import psutil
 import pytest
 from echo_server import echo_command, free_port
+from helpers import gone
 
 from daemon_controller import Daemon
 
@@ -32,14 +33,6 @@ MARKER = "DC_TEST_ID"
 NAME = "inner echo"
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-def gone(pid: int) -> bool:
-    """Whether ``pid`` has exited (a zombie waiting for PID 1 counts as exited)."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def daemonized_count(log_file: Path) -> int:

@@ -12,11 +12,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import shlex
-import time
 from typing import TYPE_CHECKING
 
-import psutil
 import pytest
+from helpers import gone, wait_until
 
 from daemon_controller import Daemon, StartError, requires
 
@@ -24,24 +23,6 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-def gone(pid: int) -> bool:
-    """Whether ``pid`` has exited (a zombie waiting for PID 1 counts as exited)."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def wait_until(predicate, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
 
 
 def lines(path: Path) -> list[str]:

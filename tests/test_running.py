@@ -37,6 +37,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from helpers import gone, wait_until
 
 from daemon_controller import Daemon, StartError, StopError
 
@@ -45,25 +46,6 @@ MARKER = "DC_TEST_ID"
 FAIL_MESSAGE = "cannot start: broken configuration"
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-def gone(pid: int) -> bool:
-    """Whether ``pid`` has exited (a zombie waiting for PID 1 counts as exited)."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def wait_until(predicate, timeout: float = 30.0) -> bool:
-    """Poll ``predicate`` until it is true or ``timeout`` seconds have passed."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
 
 
 def daemonized_count(log_file: Path) -> int:

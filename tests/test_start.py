@@ -37,6 +37,7 @@ from pathlib import Path
 import psutil
 import pytest
 from echo_server import echo_command, free_port
+from helpers import gone, wait_until
 
 from daemon_controller import (
     AlreadyStarted,
@@ -49,25 +50,6 @@ from daemon_controller import (
 MARKER = "DC_TEST_ID"
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-def gone(pid: int) -> bool:
-    """Whether ``pid`` has exited (a zombie waiting for PID 1 counts as exited)."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def wait_until(predicate, timeout: float = 10.0) -> bool:
-    """Poll ``predicate`` until it is true or ``timeout`` seconds have passed."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
 
 
 def echo_roundtrip(port: int, host: str = "127.0.0.1") -> bytes:

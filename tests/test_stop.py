@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import psutil
 import pytest
 from echo_server import echo_command
+from helpers import gone
 
 from daemon_controller import StartError, StopError, StopTimeout
 
@@ -39,14 +40,6 @@ _REPO = Path(__file__).resolve().parent.parent
 
 
 # -- helpers -----------------------------------------------------------------------------
-
-
-def gone(pid: int) -> bool:
-    """The process has exited (a zombie waiting for PID 1 counts as exited)."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def alive(pid: int) -> bool:
