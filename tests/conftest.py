@@ -10,7 +10,6 @@ that crashed must not leave a daemon running for the next one.
 
 from __future__ import annotations
 
-import os
 import sys
 import uuid
 from pathlib import Path
@@ -23,26 +22,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 import contextlib
 
 from echo_server import echo_command, free_port
+from helpers import MARKER, marked_processes
 
 from daemon_controller import Daemon
-
-MARKER = "DC_TEST_ID"
-
-
-def marked_processes(marker: str) -> list[psutil.Process]:
-    """Live (non-zombie) processes whose environment has ``DC_TEST_ID=marker``."""
-    found = []
-    for proc in psutil.process_iter(["pid"]):
-        if proc.pid == os.getpid():
-            continue
-        try:
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                continue
-            if proc.environ().get(MARKER) == marker:
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found
 
 
 def kill_all(procs: list[psutil.Process]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import TYPE_CHECKING
 
@@ -28,3 +29,28 @@ def wait_until(predicate: Callable[[], object], timeout: float = 10.0) -> bool:
         if time.monotonic() > deadline:
             return False
         time.sleep(0.02)
+
+
+#: The environment variable carrying a test's id into every process it starts.
+MARKER = "DC_TEST_ID"
+
+
+def marked_processes(marker: str) -> list[psutil.Process]:
+    """Live (non-zombie) processes whose environment has ``DC_TEST_ID=marker``."""
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        if proc.pid == os.getpid():
+            continue
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if proc.environ().get(MARKER) == marker:
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def marked(marker: str) -> list[int]:
+    """PIDs of :func:`marked_processes`."""
+    return [proc.pid for proc in marked_processes(marker)]

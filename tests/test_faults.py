@@ -33,7 +33,7 @@ from pathlib import Path
 import psutil
 import pytest
 from echo_server import ECHO_SERVER, echo_command, free_port
-from helpers import gone, wait_until
+from helpers import gone, marked, wait_until
 
 from daemon_controller import Daemon
 
@@ -44,22 +44,6 @@ ROUNDS = 20
 STOP_PROBABILITY = 0.5
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-def marked(test_id: str) -> list[int]:
-    """PIDs of live (non-zombie) processes carrying this test's marker."""
-    found = []
-    for proc in psutil.process_iter():
-        if proc.pid == os.getpid():
-            continue
-        try:
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                continue
-            if proc.environ().get(MARKER) == test_id:
-                found.append(proc.pid)
-        except psutil.Error:
-            continue
-    return found
 
 
 def kill_marked(test_id: str) -> None:

@@ -45,7 +45,7 @@ from pathlib import Path
 import psutil
 import pytest
 from echo_server import echo_command, free_port
-from helpers import gone, wait_until
+from helpers import gone, marked, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -70,22 +70,6 @@ needs_root = pytest.mark.skipif(
 
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-def marked(test_id: str) -> list[int]:
-    """PIDs of live (non-zombie) processes carrying this test's marker."""
-    found = []
-    for proc in psutil.process_iter():
-        if proc.pid == os.getpid():
-            continue
-        try:
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                continue
-            if proc.environ().get(MARKER) == test_id:
-                found.append(proc.pid)
-        except psutil.Error:
-            continue
-    return found
 
 
 def kill_marked(test_id: str) -> None:
