@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import statistics
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
@@ -54,3 +55,40 @@ def marked_processes(marker: str) -> list[psutil.Process]:
 def marked(marker: str) -> list[int]:
     """PIDs of :func:`marked_processes`."""
     return [proc.pid for proc in marked_processes(marker)]
+
+
+def time_start_stop(
+    label: str,
+    daemon: Any,
+    track: Callable[[int | None], Any],
+    kill: Callable[[int | None], object],
+    runs: int = 5,
+) -> tuple[list[float], list[float]]:
+    """Start and stop ``daemon`` ``runs`` times; print and return the seconds each took.
+
+    ``track`` registers each PID with the test's safety net; ``kill`` is called
+    on every PID at the end, whatever happened.
+    """
+    starts: list[float] = []
+    stops: list[float] = []
+    pids: list[int | None] = []
+    try:
+        for _ in range(runs):
+            began = time.perf_counter()
+            daemon.start()
+            starts.append(time.perf_counter() - began)
+            pids.append(track(daemon.read_pid()))
+            began = time.perf_counter()
+            daemon.stop()
+            stops.append(time.perf_counter() - began)
+    finally:
+        daemon.stop()
+        for pid in pids:
+            kill(pid)
+    print(
+        f"{label}: start median {statistics.median(starts) * 1000:.1f} ms, "
+        f"stop median {statistics.median(stops) * 1000:.1f} ms "
+        f"(starts {[round(s * 1000, 1) for s in starts]}, "
+        f"stops {[round(s * 1000, 1) for s in stops]})"
+    )
+    return starts, stops

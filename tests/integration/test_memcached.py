@@ -16,13 +16,12 @@ import os
 import shlex
 import signal
 import socket
-import statistics
-import time
 from pathlib import Path
 
 import psutil
 import pytest
 from echo_server import free_port
+from helpers import time_start_stop
 
 from daemon_controller import Daemon, StartError
 
@@ -195,25 +194,6 @@ def test_relative_pid_file_is_relative_to_root_after_d(memcached_bin, work, proc
 def test_start_and_stop_times(memcached_bin, work, procs, test_id):
     port = free_port()
     cache = memcached_daemon(memcached_bin, work, port, test_id)
-    starts, stops, pids = [], [], []
-    try:
-        for _ in range(5):
-            began = time.perf_counter()
-            cache.start()
-            starts.append(time.perf_counter() - began)
-            pids.append(procs.track(cache.read_pid()))
-            began = time.perf_counter()
-            cache.stop()
-            stops.append(time.perf_counter() - began)
-    finally:
-        cache.stop()
-        for pid in pids:
-            kill(pid)
-    print(
-        f"memcached: start median {statistics.median(starts) * 1000:.1f} ms, "
-        f"stop median {statistics.median(stops) * 1000:.1f} ms "
-        f"(starts {[round(s * 1000, 1) for s in starts]}, "
-        f"stops {[round(s * 1000, 1) for s in stops]})"
-    )
+    starts, stops = time_start_stop("memcached", cache, procs.track, kill)
     assert max(starts) < 15
     assert max(stops) < 15

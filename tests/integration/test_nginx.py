@@ -18,14 +18,13 @@ import pwd
 import re
 import signal
 import socket
-import statistics
 import subprocess
-import time
 from typing import TYPE_CHECKING
 
 import psutil
 import pytest
 from echo_server import free_port
+from helpers import time_start_stop
 
 from daemon_controller import Daemon, StartError, StopTimeout
 
@@ -303,25 +302,6 @@ def test_start_and_stop_times(nginx_bin, work, procs, test_id):
     port = free_port()
     write_config(work, port, returning("timed"))
     nginx = nginx_daemon(nginx_bin, work, port, test_id)
-    starts, stops, pids = [], [], []
-    try:
-        for _ in range(5):
-            began = time.perf_counter()
-            nginx.start()
-            starts.append(time.perf_counter() - began)
-            pids.append(procs.track(nginx.read_pid()))
-            began = time.perf_counter()
-            nginx.stop()
-            stops.append(time.perf_counter() - began)
-    finally:
-        nginx.stop()
-        for pid in pids:
-            kill_nginx(pid)
-    print(
-        f"nginx: start median {statistics.median(starts) * 1000:.1f} ms, "
-        f"stop median {statistics.median(stops) * 1000:.1f} ms "
-        f"(starts {[round(s * 1000, 1) for s in starts]}, "
-        f"stops {[round(s * 1000, 1) for s in stops]})"
-    )
+    starts, stops = time_start_stop("nginx", nginx, procs.track, kill_nginx)
     assert max(starts) < 15
     assert max(stops) < 15

@@ -17,14 +17,13 @@ import contextlib
 import os
 import pwd
 import signal
-import statistics
 import subprocess
-import time
 from typing import TYPE_CHECKING
 
 import psutil
 import pytest
 from echo_server import free_port
+from helpers import time_start_stop
 
 from daemon_controller import Daemon, StartError, StartTimeout, StopError
 
@@ -276,25 +275,6 @@ def test_socket_ping_is_ready_too_early_pg_isready_is_not(cluster, pg, procs):
 def test_start_and_stop_times(cluster, procs, variant):
     cluster.initdb()
     server = cluster.with_pg_ctl() if variant == "pg_ctl" else cluster.in_foreground()
-    starts, stops, pids = [], [], []
-    try:
-        for _ in range(5):
-            began = time.perf_counter()
-            server.start()
-            starts.append(time.perf_counter() - began)
-            pids.append(procs.track(server.read_pid()))
-            began = time.perf_counter()
-            server.stop()
-            stops.append(time.perf_counter() - began)
-    finally:
-        server.stop()
-        for pid in pids:
-            kill_postgres(pid)
-    print(
-        f"postgresql ({variant}): start median {statistics.median(starts) * 1000:.1f} ms, "
-        f"stop median {statistics.median(stops) * 1000:.1f} ms "
-        f"(starts {[round(s * 1000, 1) for s in starts]}, "
-        f"stops {[round(s * 1000, 1) for s in stops]})"
-    )
+    starts, stops = time_start_stop(f"postgresql ({variant})", server, procs.track, kill_postgres)
     assert max(starts) < 30
     assert max(stops) < 30

@@ -19,7 +19,6 @@ import json
 import os
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import pytest
 from echo_server import free_port
+from helpers import time_start_stop
 
 from daemon_controller import Daemon, StartError
 
@@ -391,25 +391,6 @@ def test_start_and_stop_times(redis_bin, work, procs, test_id):
     port = free_port()
     write_config(work, port)
     redis = redis_daemon(redis_bin, work, port, test_id)
-    starts, stops, pids = [], [], []
-    try:
-        for _ in range(5):
-            began = time.perf_counter()
-            redis.start()
-            starts.append(time.perf_counter() - began)
-            pids.append(procs.track(redis.read_pid()))
-            began = time.perf_counter()
-            redis.stop()
-            stops.append(time.perf_counter() - began)
-    finally:
-        redis.stop()
-        for pid in pids:
-            kill(pid)
-    print(
-        f"redis: start median {statistics.median(starts) * 1000:.1f} ms, "
-        f"stop median {statistics.median(stops) * 1000:.1f} ms "
-        f"(starts {[round(s * 1000, 1) for s in starts]}, "
-        f"stops {[round(s * 1000, 1) for s in stops]})"
-    )
+    starts, stops = time_start_stop("redis", redis, procs.track, kill)
     assert max(starts) < 15
     assert max(stops) < 15
