@@ -10,6 +10,7 @@ the deadline, and always checking once more when the deadline arrives.
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
@@ -81,6 +82,11 @@ class Deadline:
 #: A check may take at most this share of the time: the pause after a check
 #: is at least 20 times as long as the check took (about 5% of a core).
 _COST_RATIO = 20.0
+#: The cost of a check is the least of the last few: one check that was slowed
+#: down by the scheduler (another process ran meanwhile) must not stretch the
+#: next pause twentyfold, while a check that is always slow (a command run as a
+#: ping) still counts in full.
+_COST_WINDOW = 4
 #: The shortest pause grows by this many seconds per second waited, so a long
 #: wait gradually settles at ``max_interval`` (after 1 s: about 9 ms).
 _PATIENCE = 0.008
@@ -99,9 +105,12 @@ def poll_until(
     """Call ``check`` until it returns something other than ``None``.
 
     The pause between checks adapts: it starts at ``first_interval``, is never
-    shorter than 20 times what the last check cost (so an expensive check,
-    like a command run as a ping, does not eat a core), grows slowly with the
-    time waited, and never exceeds ``max_interval`` or the time left.
+    shorter than 20 times what a check costs (so an expensive check, like a
+    command run as a ping, does not eat a core), grows slowly with the time
+    waited, and never exceeds ``max_interval`` or the time left. A check's
+    cost is all the work between two pauses (the loop's own included), and
+    the least of the last four counts, so one check that the scheduler held
+    up does not stretch the next pause twentyfold.
 
     Args:
         check: Returns ``None`` for "not yet"; any other value ends the wait and
@@ -122,29 +131,39 @@ def poll_until(
     import tenacity  # noqa: PLC0415 - 20 ms of import time, not needed by is_running()
 
     clock = deadline.clock
-    cost = 0.0
+    pause_with = sleep or clock.sleep
+    costs: deque[float] = deque(maxlen=_COST_WINDOW)
     ceiling = max(first_interval, max_interval)
+    awake_since = clock.now()  # the end of the last pause
+    excluded = 0.0
 
-    def timed_check() -> T | None:
-        nonlocal cost
-        started = clock.now()
+    def counted_check() -> T | None:
+        nonlocal excluded
         result = check()
-        cost = clock.now() - started - (overhead() if overhead is not None else 0.0)
+        excluded = overhead() if overhead is not None else 0.0
         return result
 
     def pause(_state: tenacity.RetryCallState) -> float:
+        # A check costs all the work between two pauses: the check itself and
+        # this loop's own bookkeeping (tenacity's included).
+        costs.append(clock.now() - awake_since - excluded)
         floor = first_interval + deadline.elapsed() * _PATIENCE
-        chosen = min(max(floor, cost * _COST_RATIO), ceiling)
+        chosen = min(max(floor, min(costs) * _COST_RATIO), ceiling)
         if adjust is not None:
             chosen = adjust(chosen)
         return min(chosen, deadline.remaining())
+
+    def take_pause(seconds: float) -> None:
+        nonlocal awake_since
+        pause_with(seconds)
+        awake_since = clock.now()
 
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_result(lambda result: result is None),
         wait=pause,
         stop=lambda _state: deadline.expired(),
-        sleep=sleep or clock.sleep,
+        sleep=take_pause,
         retry_error_callback=lambda _state: None,
         reraise=True,
     )
-    return retrying(timed_check)
+    return retrying(counted_check)

@@ -60,6 +60,22 @@ def test_poll_pause_is_at_least_twenty_times_what_a_check_costs():
     assert all(pause == pytest.approx(0.08) for pause in clock.sleeps)
 
 
+def test_poll_one_slow_check_does_not_stretch_the_next_pause():
+    # A check that the scheduler held up (another process ran meanwhile) is
+    # not what checks cost: the pause after it stays short.
+    clock = FakeClock()
+    calls = []
+
+    def check():
+        calls.append(clock.now())
+        clock.t += 0.050 if len(calls) == 3 else 0.0001
+        return "ready" if len(calls) == 6 else None
+
+    assert poll_until(check, deadline=Deadline(60, clock), max_interval=1.0) == "ready"
+    assert max(clock.sleeps) < 0.01  # not 20 x 50 ms = 1 s
+    assert clock.sleeps[2] == pytest.approx(clock.sleeps[1], abs=0.002)
+
+
 def test_poll_never_sleeps_past_the_deadline_and_checks_once_more_at_it():
     clock = FakeClock()
     calls = []
