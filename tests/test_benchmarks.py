@@ -1,0 +1,43 @@
+"""The benchmark script runs end to end and measures every figure.
+
+Speed itself is not asserted here (a loaded CI machine would make that flaky);
+what is checked is behaviour the figures rest on: every figure has samples,
+sixteen processes connecting at once start the daemon exactly once, and the
+script leaves nothing running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from helpers import MARKER
+
+BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
+
+
+def test_benchmark_script_measures_every_figure(test_id: str):
+    env = {**os.environ, MARKER: test_id}  # the sweeper finds anything it leaves behind
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARK), "--runs", "2", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    for key, figure in figures.items():
+        assert figure["n"] >= 1, key
+        if key != "exit":  # the bystander may wake a few microseconds after stop() returns
+            assert all(sample >= 0 for sample in figure["samples"]), key
+    assert figures["starts"]["samples"] == [1, 1, 1]
+    if hasattr(os, "pidfd_open"):
+        # Linux: the exit is stamped by a bystander on the daemon's pidfd, after
+        # the daemon's last instruction and before stop() returns.
+        assert figures["exit"]["n"] == 2
+        assert all(t >= 0 for t in figures["teardown"]["samples"])
