@@ -845,21 +845,36 @@ def stop(daemon: Daemon, clock: Clock = SYSTEM_CLOCK) -> None:
 # -- restart ---------------------------------------------------------------------------------
 
 
+def _owner_follows(pid_file: Path, lock: Path, before: int | None) -> None:
+    """A ``running()`` block that started the old daemon owns the restarted one too.
+
+    Without this, the last block out would find the owner file naming a PID
+    that no longer runs and leave the restarted daemon running.
+    """
+    after = _pidfile.read_pid(pid_file)
+    owner = _pidfile.owner_path(lock)
+    if before is not None and after not in (None, before) and _pidfile.read_pid(owner) == before:
+        _pidfile.write(owner, after)
+
+
 def restart(daemon: Daemon, clock: Clock = SYSTEM_CLOCK) -> None:
     """See :meth:`Daemon.restart`: atomic, under one exclusive lock."""
     cfg = daemon.config
     if cfg.restart_command is None:
         _require(daemon, *_START_PARTS)
-        _, lock = _paths(daemon)
+        pid_file, lock = _paths(daemon)
         with _lock.locked(lock, daemon.name, shared=False):
+            before = _pidfile.read_pid(pid_file)
             _stop_locked(daemon, clock)
             _start_locked(daemon, clock)
+            _owner_follows(pid_file, lock, before)
         return
     _require(daemon, "ping_command", "pid_file")
     pid_file, lock = _paths(daemon)
     assert cfg.ping_command is not None  # noqa: S101 - checked by _require
     probe = cfg.ping_command
     with _lock.locked(lock, daemon.name, shared=False):
+        before = _pidfile.read_pid(pid_file)
         deadline = Deadline(cfg.start_timeout, clock)
         cfg.logger.info("Restarting daemon '%s' with its restart command", daemon.name)
         result = _run_command(cfg, cfg.restart_command, deadline.remaining())
@@ -881,6 +896,7 @@ def restart(daemon: Daemon, clock: Clock = SYSTEM_CLOCK) -> None:
                 f"{cfg.start_timeout:g} s after its restart command."
             )
             raise StartTimeout(daemon.name, msg, timeout=cfg.start_timeout, output=result.output)
+        _owner_follows(pid_file, lock, before)
 
 
 # -- queries ---------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from . import _controller, _failures, _lock, _pidfile
+from ._pidfile import owner_path
 from ._waiting import SYSTEM_CLOCK
 
 if TYPE_CHECKING:
@@ -37,11 +38,6 @@ if TYPE_CHECKING:
 def users_path(lock_file: Path) -> Path:
     """The file whose shared locks count the blocks inside."""
     return lock_file.with_name(lock_file.name + ".users")
-
-
-def owner_path(lock_file: Path) -> Path:
-    """The file naming the daemon PID that a ``running()`` block started."""
-    return lock_file.with_name(lock_file.name + ".owner")
 
 
 def _write_owner(lock_file: Path, pid: int) -> None:

@@ -291,6 +291,38 @@ def test_daemon_running_before_the_block_is_left_running(echo):
     assert wait_until(lambda: gone(pid))
 
 
+def test_daemon_restarted_inside_the_block_is_stopped_on_leaving(echo):
+    # The block started the daemon, so it owns the restarted one too.
+    daemon = echo()
+    first = second = None
+    try:
+        with daemon.running():
+            first = daemon.read_pid()
+            daemon.restart()
+            second = daemon.read_pid()
+            assert second is not None
+            assert second != first
+            assert gone(first)
+        assert wait_until(lambda: gone(second))
+        assert not daemon.is_running()
+    finally:
+        for pid in (first, second):
+            kill_quietly(pid if pid is not None and not gone(pid) else None)
+
+
+def test_daemon_running_before_the_block_and_restarted_inside_is_left_running(echo):
+    daemon = echo()
+    daemon.start()
+    try:
+        with daemon.running():
+            daemon.restart()
+            restarted = daemon.read_pid()
+        assert daemon.read_pid() == restarted
+        assert not gone(restarted)
+    finally:
+        daemon.stop()
+
+
 def test_running_rejects_a_bad_stop_argument(echo):
     daemon = echo()
     with pytest.raises(TypeError, match="running"):
