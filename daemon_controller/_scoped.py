@@ -74,6 +74,34 @@ def settle(daemon: Daemon, *, stop: bool | None = None) -> bool:
     return True
 
 
+class _Handoff:
+    """Who leaves an ``async with`` block whose entering task was cancelled.
+
+    The worker thread that enters and the cancelled task decide under one lock,
+    so exactly one of them leaves the block: the thread, if it finishes entering
+    after the cancellation; the task, if the thread had finished before.
+    """
+
+    __slots__ = ("_abandoned", "_entered", "_lock")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entered = False
+        self._abandoned = False
+
+    def entered(self) -> bool:
+        """Called by the thread once inside: ``False`` if the task gave up meanwhile."""
+        with self._lock:
+            self._entered = not self._abandoned
+            return self._entered
+
+    def abandon(self) -> bool:
+        """Called by the cancelled task: ``True`` if the thread was already inside."""
+        with self._lock:
+            self._abandoned = True
+            return self._entered
+
+
 class Running(contextlib.ContextDecorator):
     """The context manager returned by :meth:`Daemon.running`.
 
@@ -171,14 +199,31 @@ class Running(contextlib.ContextDecorator):
         # so the event loop keeps serving other tasks during a start.
         import asyncio  # noqa: PLC0415 - 25 ms of import time, only for async users
 
-        task = asyncio.ensure_future(asyncio.to_thread(self.__enter__))
+        handoff = _Handoff()
+
+        def enter() -> Daemon:
+            self.__enter__()
+            if not handoff.entered():
+                # The awaiting task was cancelled meanwhile: nobody will leave
+                # this block, so leave it here, in this thread.
+                self.__exit__(None, None, None)
+            return self.daemon
+
+        task = asyncio.ensure_future(asyncio.to_thread(enter))
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
-            # The start goes on in its thread; once it is done, leave properly.
-            with contextlib.suppress(BaseException):
-                await task
-                await asyncio.to_thread(self.__exit__, None, None, None)
+            # The start goes on in its thread. If it has already entered, leave
+            # from another thread; if not, it leaves by itself once entered.
+            # Either way that work no longer depends on this task: a second
+            # cancellation only stops the waiting for it here.
+            leaving = (
+                asyncio.ensure_future(asyncio.to_thread(self.__exit__, None, None, None))
+                if handoff.abandon()
+                else task
+            )
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.shield(leaving)
             raise
 
     async def __aexit__(

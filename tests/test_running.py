@@ -898,6 +898,33 @@ def test_async_with_exception_propagates_and_the_daemon_is_stopped(echo):
     assert not daemon.is_running()
 
 
+@pytest.mark.parametrize("cancellations", [1, 2])
+def test_async_with_cancelled_while_entering_leaves_once_the_start_is_done(echo, cancellations):
+    # The start runs on in its worker thread; the block is left as soon as it
+    # has been entered, even when the task is cancelled again meanwhile.
+    daemon = echo("--wait-before-listen", "1.0")
+    entered = []
+
+    async def block():
+        async with daemon.running():
+            entered.append(True)
+            await asyncio.sleep(60)
+
+    async def main():
+        task = asyncio.create_task(block())
+        for _ in range(cancellations):
+            await asyncio.sleep(0.3)
+            task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert entered == []
+    assert wait_until(lambda: daemonized_count(echo.log_file) == 1)
+    assert wait_until(lambda: not daemon.is_running())
+    assert not echo.pid_file.exists()
+
+
 def test_async_blocks_overlapping_in_one_loop(echo):
     daemon = echo()
 
