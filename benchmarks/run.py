@@ -431,7 +431,7 @@ def print_table(figures: list[Figure], compare: bool) -> None:
             ratio = "-"
             if theirs and ours is not None and f.target != "-":
                 r = ours / theirs
-                ratio = f"{r:.3f}" if r >= 0.01 else f"{r:.1g}"
+                ratio = f"{r:.3f}" if r >= 0.01 else f"{r:.2g}"
             row += [fmt(theirs, f.unit), ratio]
         rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
