@@ -21,7 +21,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from . import _failures, _lock, _pidfile, _platform, _process, _tracking
-from ._errors import AlreadyStarted, ConnectError, StartError, StartTimeout, StopError, StopTimeout
+from ._errors import (
+    AlreadyStarted,
+    ConnectError,
+    DaemonError,
+    StartError,
+    StartTimeout,
+    StopError,
+    StopTimeout,
+)
 from ._probes import holder, is_connect_error
 from ._waiting import SYSTEM_CLOCK, Clock, Deadline, MonotonicClock, poll_until
 
@@ -845,16 +853,43 @@ def stop(daemon: Daemon, clock: Clock = SYSTEM_CLOCK) -> None:
 # -- restart ---------------------------------------------------------------------------------
 
 
-def _owner_follows(pid_file: Path, lock: Path, before: int | None) -> None:
+def _owner_follows(daemon: Daemon, before: int | None) -> None:
     """A ``running()`` block that started the old daemon owns the restarted one too.
 
     Without this, the last block out would find the owner file naming a PID
-    that no longer runs and leave the restarted daemon running.
+    that no longer runs and leave the restarted daemon running. Done under a
+    shared lock on the ``.users`` file, like every other owner-file write, so
+    it cannot interleave with the last block out settling (which holds that
+    file exclusively); if that is happening right now, the hand-over is left
+    out: the daemon was not restarted from inside a block, and the last block
+    out leaves it running. Never waits for that lock: the last block out holds
+    it while it waits for the daemon lock, which the caller holds.
     """
+    pid_file, lock = _paths(daemon)
     after = _pidfile.read_pid(pid_file)
-    owner = _pidfile.owner_path(lock)
-    if before is not None and after not in (None, before) and _pidfile.read_pid(owner) == before:
-        _pidfile.write(owner, after)
+    if before is None or after is None or after == before:
+        return
+    owner = _lock.owner_path(lock)
+    if _pidfile.read_pid(owner) != before:
+        return  # no block owns the old daemon (checked again under the lock)
+    try:
+        held = _lock.acquire(_lock.users_path(lock), daemon.name, shared=True, blocking=False)
+    except DaemonError:
+        return  # no .users file can be made here, so no block can have written an owner
+    if held is None:
+        return
+    try:
+        if _pidfile.read_pid(owner) == before:
+            _pidfile.write(owner, after)
+    except OSError as err:
+        daemon.config.logger.warning(
+            "Daemon '%s' restarted, but its owner file %s could not be updated: %s",
+            daemon.name,
+            owner,
+            err,
+        )
+    finally:
+        held.release()
 
 
 def restart(daemon: Daemon, clock: Clock = SYSTEM_CLOCK) -> None:
@@ -867,7 +902,7 @@ def restart(daemon: Daemon, clock: Clock = SYSTEM_CLOCK) -> None:
             before = _pidfile.read_pid(pid_file)
             _stop_locked(daemon, clock)
             _start_locked(daemon, clock)
-            _owner_follows(pid_file, lock, before)
+            _owner_follows(daemon, before)
         return
     _require(daemon, "ping_command", "pid_file")
     pid_file, lock = _paths(daemon)
@@ -896,7 +931,7 @@ def restart(daemon: Daemon, clock: Clock = SYSTEM_CLOCK) -> None:
                 f"{cfg.start_timeout:g} s after its restart command."
             )
             raise StartTimeout(daemon.name, msg, timeout=cfg.start_timeout, output=result.output)
-        _owner_follows(pid_file, lock, before)
+        _owner_follows(daemon, before)
 
 
 # -- queries ---------------------------------------------------------------------------------

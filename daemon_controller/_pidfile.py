@@ -63,15 +63,6 @@ def _read(path: Path | str) -> tuple[bytes, os.stat_result] | None:
         os.close(fd)
 
 
-def owner_path(lock_file: Path) -> Path:
-    """The file naming the daemon PID that a ``running()`` block started.
-
-    Kept here, beside the other PID-file helpers, because both ``running()``
-    (which writes it) and ``restart()`` (which hands it to the new PID) need it.
-    """
-    return lock_file.with_name(lock_file.name + ".owner")
-
-
 def read_pid(path: Path) -> int | None:
     """The PID recorded in the file, without checking whether it runs."""
     content = _read(path)

@@ -25,7 +25,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from . import _controller, _failures, _lock, _pidfile
-from ._pidfile import owner_path
+from ._lock import owner_path, users_path
 from ._waiting import SYSTEM_CLOCK
 
 if TYPE_CHECKING:
@@ -33,11 +33,6 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from ._spec import Daemon
-
-
-def users_path(lock_file: Path) -> Path:
-    """The file whose shared locks count the blocks inside."""
-    return lock_file.with_name(lock_file.name + ".users")
 
 
 def _write_owner(lock_file: Path, pid: int) -> None:
@@ -201,12 +196,21 @@ class Running(contextlib.ContextDecorator):
 
         handoff = _Handoff()
 
+        def leave_abandoned() -> None:
+            # Nobody awaits this any more: an error can only be logged.
+            try:
+                self.__exit__(None, None, None)
+            except Exception as err:  # noqa: BLE001 - reported, not raised
+                self.daemon.config.logger.warning(
+                    "Daemon '%s': error while leaving a cancelled block: %s", self.daemon.name, err
+                )
+
         def enter() -> Daemon:
             self.__enter__()
             if not handoff.entered():
                 # The awaiting task was cancelled meanwhile: nobody will leave
                 # this block, so leave it here, in this thread.
-                self.__exit__(None, None, None)
+                leave_abandoned()
             return self.daemon
 
         task = asyncio.ensure_future(asyncio.to_thread(enter))
@@ -218,7 +222,7 @@ class Running(contextlib.ContextDecorator):
             # Either way that work no longer depends on this task: a second
             # cancellation only stops the waiting for it here.
             leaving = (
-                asyncio.ensure_future(asyncio.to_thread(self.__exit__, None, None, None))
+                asyncio.ensure_future(asyncio.to_thread(leave_abandoned))
                 if handoff.abandon()
                 else task
             )

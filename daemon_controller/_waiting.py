@@ -79,13 +79,15 @@ class Deadline:
         return self.clock.now() - self.started
 
 
-#: A check may take at most this share of the time: the pause after a check
-#: is at least 20 times as long as the check took (about 5% of a core).
+#: Checking may take at most this share of the time: the pause after a round
+#: of checking is at least 20 times as long as the round took (about 5% of a
+#: core for the rounds; waking up from each pause costs a little more).
 _COST_RATIO = 20.0
-#: The cost of a check is the least of the last few: one check that was slowed
-#: down by the scheduler (another process ran meanwhile) must not stretch the
-#: next pause twentyfold, while a check that is always slow (a command run as a
-#: ping) still counts in full.
+#: A round's cost is the least of the last few: one round that the scheduler
+#: held up (another process ran meanwhile) must not stretch the next pause
+#: twentyfold, while a check that is always slow (a command run as a ping)
+#: still counts in full. A check that is slow only now and then is costed by
+#: its usual, cheap rounds.
 _COST_WINDOW = 4
 #: The shortest pause grows by this many seconds per second waited, so a long
 #: wait gradually settles at ``max_interval`` (after 1 s: about 9 ms).
@@ -146,7 +148,7 @@ def poll_until(
     def pause(_state: tenacity.RetryCallState) -> float:
         # A check costs all the work between two pauses: the check itself and
         # this loop's own bookkeeping (tenacity's included).
-        costs.append(clock.now() - awake_since - excluded)
+        costs.append(max(0.0, clock.now() - awake_since - excluded))
         floor = first_interval + deadline.elapsed() * _PATIENCE
         chosen = min(max(floor, min(costs) * _COST_RATIO), ceiling)
         if adjust is not None:

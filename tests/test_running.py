@@ -39,7 +39,7 @@ import psutil
 import pytest
 from helpers import gone, wait_until
 
-from daemon_controller import Daemon, StartError, StopError
+from daemon_controller import Daemon, StartError, StopError, _lock, _pidfile
 
 TESTS_DIR = Path(__file__).resolve().parent
 MARKER = "DC_TEST_ID"
@@ -319,6 +319,31 @@ def test_daemon_running_before_the_block_and_restarted_inside_is_left_running(ec
             restarted = daemon.read_pid()
         assert daemon.read_pid() == restarted
         assert not gone(restarted)
+    finally:
+        daemon.stop()
+
+
+@pytest.mark.timeout(60)
+def test_restart_while_the_last_block_settles_neither_waits_nor_hands_over(echo):
+    # The last block out holds .users exclusively while it waits for the daemon
+    # lock; restart() holds the daemon lock, so it must not wait for .users.
+    # A daemon that was not restarted from inside a block keeps no owner.
+    daemon = echo()
+    daemon.start()
+    try:
+        lock = daemon.config.effective_lock_file
+        assert lock is not None
+        first = daemon.read_pid()
+        assert first is not None
+        _pidfile.write(_lock.owner_path(lock), first)  # as if a block had started it
+        settling = _lock.acquire(_lock.users_path(lock), "test", shared=False)
+        assert settling is not None
+        try:
+            daemon.restart()
+        finally:
+            settling.release()
+        assert daemon.read_pid() not in (None, first)
+        assert _pidfile.read_pid(_lock.owner_path(lock)) == first
     finally:
         daemon.stop()
 
