@@ -84,8 +84,8 @@ def records(path: Path) -> list[dict[str, Any]]:
 def event_time(path: Path, event: str) -> float:
     """When the daemon recorded ``event``; waits briefly for the line to land.
 
-    The daemon takes its timestamp, then writes and fsyncs the line: a fast
-    controller can return in between.
+    The daemon takes its timestamp, then writes the line: a fast controller
+    can return in between.
     """
     deadline = time.monotonic() + 5
     while True:

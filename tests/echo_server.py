@@ -40,7 +40,9 @@ Files:
     ``"pid"``, ``"time"`` (``time.time()``) and ``"monotonic"``
     (``time.monotonic()``, CLOCK_MONOTONIC, comparable across processes);
     every line is written with one ``write()`` (not fsync'ed: see record()).  Events:
-    ``"listening"`` right after ``listen()`` succeeds (extra key
+    ``"listening"`` once ``listen()`` has succeeded, stamped (both times)
+    with the moment just before the ``listen()`` call, so no client can have
+    connected earlier (extra key
     ``"address"``: ``"127.0.0.1:1234"``, ``"[::1]:1234"``, ``"unix:PATH"``, or
     null without a socket) and ``"exit"`` as the very last thing before
     ``os._exit(0)`` on SIGTERM/SIGINT (extra key ``"signal"``), or right
@@ -351,6 +353,8 @@ class _Server:
         self.args = args
         self.log_fd: int | None = None
         self.listener: socket.socket | None = None
+        # When listen() was called: nothing could connect before this moment.
+        self.listen_moment: tuple[float, float] | None = None  # (time, monotonic)
         self.unix_ident: tuple[int, int] | None = None
         self.stopping = False
 
@@ -427,6 +431,7 @@ class _Server:
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(address)
+            self.listen_moment = (time.time(), time.monotonic())  # connectable from here on
             sock.listen(socket.SOMAXCONN)
         except BaseException:
             sock.close()
@@ -443,6 +448,7 @@ class _Server:
             sock.bind(path)
             st = os.stat(path)
             self.unix_ident = (st.st_dev, st.st_ino)
+            self.listen_moment = (time.time(), time.monotonic())  # connectable from here on
             sock.listen(socket.SOMAXCONN)
         except BaseException:
             sock.close()
@@ -669,7 +675,13 @@ class _Server:
             os._exit(1)
         address = _format_address(self.listener) if self.listener is not None else None
         self.log(f"listening on {address}" if address else "running without a socket")
-        self.record("listening", address=address)
+        if self.listen_moment is not None:
+            # The moment listen() was called, not now: a controller may see the
+            # socket answer before this line is reached.
+            wall, monotonic = self.listen_moment
+            self.record("listening", address=address, time=wall, monotonic=monotonic)
+        else:
+            self.record("listening", address=address)
         if args.foreground and args.ready_line:
             _say(1, "ready")
 

@@ -118,11 +118,12 @@ def test_start_does_not_return_before_the_daemon_listens(echo, tmp_path, delay):
     daemon.start()
     returned = time.monotonic()
     try:
-        # The daemon stamps the moment it listens, then writes and fsyncs the
-        # line: start() may return before the line is in the file.
+        # The daemon stamps the moment it calls listen() and writes the line
+        # afterwards: start() may return before the line (or the file) exists.
         deadline = time.monotonic() + 5
         while True:
-            events = [json.loads(line) for line in record.read_text().splitlines()]
+            text = record.read_text() if record.exists() else ""
+            events = [json.loads(line) for line in text.splitlines()]
             listening = [e for e in events if e["event"] == "listening"]
             if listening or time.monotonic() > deadline:
                 break
