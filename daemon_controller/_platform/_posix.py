@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import select
 import signal
@@ -168,33 +167,26 @@ def user_environment(user: str) -> dict[str, str]:
 def wait_exit(pid: int, timeout: float) -> bool | None:
     """Block until ``pid`` exits, for at most ``timeout`` seconds, as an event.
 
-    Uses a pidfd (Linux >= 5.3), which becomes readable the moment the process
-    exits, whether or not it has been reaped yet, so a zombie counts as exited.
-    (psutil's ``wait()`` keeps polling a zombie that is not our child until PID 1
-    reaps it, which on some machines takes seconds.)
+    Uses a pidfd (Linux >= 5.3, see :func:`exit_handle`), which becomes
+    readable the moment the process exits, whether or not it has been reaped
+    yet, so a zombie counts as exited. (psutil's ``wait()`` keeps polling a
+    zombie that is not our child until PID 1 reaps it, which on some machines
+    takes seconds.)
 
     Returns:
         ``True`` if the process has exited, ``False`` if the timeout passed
-        first, ``None`` if this platform cannot wait by event (the caller
-        polls instead).
+        first, ``None`` if it cannot be waited for by event (no pidfd here, or
+        the PID is already gone): the caller polls instead.
     """
     if sys.platform == "win32":  # pragma: no cover - the other OS
         raise NotImplementedError(_WRONG_OS)
-    pidfd_open = getattr(os, "pidfd_open", None)
-    if pidfd_open is None:
+    handle = exit_handle(pid)
+    if handle is None:
         return None
     try:
-        pidfd = pidfd_open(pid, 0)
-    except OSError as err:
-        if err.errno == errno.ESRCH:
-            return True
-        return None  # EMFILE, ENOSYS, seccomp: fall back to polling
-    try:
-        poller = select.poll()
-        poller.register(pidfd, select.POLLIN)
-        return bool(poller.poll(max(0, int(timeout * 1000))))
+        return handle.wait(timeout)
     finally:
-        os.close(pidfd)
+        handle.close()
 
 
 def runtime_dir() -> Path:
