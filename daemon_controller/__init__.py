@@ -17,10 +17,11 @@ A Python port of Phusion's ``daemon_controller`` Ruby gem::
 
 from __future__ import annotations
 
-from ._config import ConfigError, load
+from ._daemon import Daemon
 from ._decorators import requires
 from ._errors import (
     AlreadyStarted,
+    ConfigError,
     ConnectError,
     DaemonError,
     StartError,
@@ -28,9 +29,11 @@ from ._errors import (
     StopError,
     StopTimeout,
 )
+from ._options import DaemonConfig
 from ._probes import CallablePing, CommandPing, HttpPing, Probe, TcpPing, UnixPing
+from ._ruby import DaemonController
 from ._scoped import Running
-from ._spec import Daemon, DaemonConfig, DaemonController
+from ._toml import load
 
 __version__ = "0.1.0"
 

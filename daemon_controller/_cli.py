@@ -19,14 +19,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO, TYPE_CHECKING, Any
 
-from . import _config
-from ._errors import AlreadyStarted, DaemonError
+from . import _toml
+from ._errors import AlreadyStarted, ConfigError, DaemonError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
 
+    from ._daemon import Daemon
     from ._scoped import Running
-    from ._spec import Daemon
 
 EXAMPLES = """\
 examples:
@@ -152,7 +152,7 @@ def _indent(text: str) -> str:
 
 def _run_waves(
     out: Output,
-    project: _config.Project,
+    project: _toml.Project,
     waves: list[list[str]],
     verb: str,
     action: Callable[[str, Daemon], str | None],
@@ -208,23 +208,23 @@ def _restart_one(_name: str, daemon: Daemon) -> str | None:
     return f"restarted (PID {daemon.read_pid()}) in {time.monotonic() - started:.2f} s"
 
 
-def cmd_up(out: Output, project: _config.Project, names: list[str]) -> int:
+def cmd_up(out: Output, project: _toml.Project, names: list[str]) -> int:
     """Start what is not running, in ``after`` order, independent daemons at once."""
     return _run_waves(out, project, project.order(names or None), "starting", _start_one)
 
 
-def _only(project: _config.Project, names: list[str]) -> list[list[str]]:
+def _only(project: _toml.Project, names: list[str]) -> list[list[str]]:
     """The ``after`` waves, keeping only ``names`` (all when empty)."""
     waves = project.order(names or None)
     return [w for w in ([n for n in wave if not names or n in names] for wave in waves) if w]
 
 
-def cmd_down(out: Output, project: _config.Project, names: list[str]) -> int:
+def cmd_down(out: Output, project: _toml.Project, names: list[str]) -> int:
     """Stop, in reverse ``after`` order."""
     return _run_waves(out, project, list(reversed(_only(project, names))), "stopping", _stop_one)
 
 
-def cmd_restart(out: Output, project: _config.Project, names: list[str]) -> int:
+def cmd_restart(out: Output, project: _toml.Project, names: list[str]) -> int:
     """Restart, in ``after`` order."""
     return _run_waves(out, project, _only(project, names), "restarting", _restart_one)
 
@@ -238,7 +238,7 @@ def _describe(name: str, daemon: Daemon) -> dict[str, Any]:
         row.update(state="running", pid=pid)
         with contextlib.suppress(psutil.Error):
             row["uptime"] = round(time.time() - psutil.Process(pid).create_time(), 1)
-    probe = daemon.config.ping_command
+    probe = daemon.config.ping
     row["ping"] = None if probe is None else ("ok" if probe.check(1.0) else "no answer")
     row["ping_target"] = None if probe is None else probe.describe()
     return row
@@ -253,7 +253,7 @@ def _uptime(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
-def cmd_status(out: Output, project: _config.Project, names: list[str], *, as_json: bool) -> int:
+def cmd_status(out: Output, project: _toml.Project, names: list[str], *, as_json: bool) -> int:
     """A table (or JSON) of every daemon: state, PID, uptime and ping."""
     order = [n for wave in project.order(names or None) for n in wave]
     rows = [_describe(name, project.daemons[name]) for name in order]
@@ -275,7 +275,7 @@ def cmd_status(out: Output, project: _config.Project, names: list[str], *, as_js
     return OK
 
 
-def cmd_logs(out: Output, project: _config.Project, name: str, lines: int) -> int:
+def cmd_logs(out: Output, project: _toml.Project, name: str, lines: int) -> int:
     """The last lines of a daemon's log file."""
     if name not in project.daemons:
         raise _Usage(f"no daemon named {name!r} (declared: {', '.join(sorted(project.daemons))})")
@@ -298,7 +298,7 @@ def cmd_logs(out: Output, project: _config.Project, name: str, lines: int) -> in
 
 
 def cmd_exec(
-    out: Output, project: _config.Project, names: list[str], command: list[str], *, keep: bool
+    out: Output, project: _toml.Project, names: list[str], command: list[str], *, keep: bool
 ) -> int:
     """Run ``command`` with the daemons up; stop the ones this started unless ``keep``.
 
@@ -424,7 +424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         project = _project(args, command)
         return _dispatch(out, project, args, command)
-    except (_Usage, _config.ConfigError) as problem:
+    except (_Usage, ConfigError) as problem:
         err.line(f"daemon-controller: {problem}")
         return USAGE
     except ValueError as problem:  # an incomplete daemon: a configuration problem
@@ -442,20 +442,20 @@ def _interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(signum)
 
 
-def _project(args: argparse.Namespace, command: list[str]) -> _config.Project:
+def _project(args: argparse.Namespace, command: list[str]) -> _toml.Project:
     if args.command != "exec" and command:
         raise _Usage(f"'--' only goes with exec, not {args.command}")
-    path = args.config or _config.find()
+    path = args.config or _toml.find()
     if path is None:
         raise _Usage(
             "no daemons.toml here or above (nor a pyproject.toml with "
             "[tool.daemon-controller.daemons.<name>]); use -c FILE"
         )
-    return _config.load_project(path)
+    return _toml.load_project(path)
 
 
 def _dispatch(
-    out: Output, project: _config.Project, args: argparse.Namespace, command: list[str]
+    out: Output, project: _toml.Project, args: argparse.Namespace, command: list[str]
 ) -> int:
     if args.command == "up":
         return cmd_up(out, project, args.names)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import functools
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+
+from ._daemon import Daemon
+from ._scoped import wrap
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Coroutine
-
-    from ._spec import Daemon
+    from collections.abc import Callable, Coroutine
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -31,29 +30,8 @@ class _Requires:
     def __call__(self, function: Callable[P, R]) -> Callable[P, R]: ...
 
     def __call__(self, function: Callable[P, Any]) -> Callable[P, Any]:
-        import inspect  # noqa: PLC0415 - 20 ms of import time; only decorating needs it
-
         daemons, stop = self.daemons, self.stop
-        if inspect.iscoroutinefunction(function):
-            coroutine_function = cast("Callable[P, Awaitable[Any]]", function)
-
-            @functools.wraps(function)
-            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:  # noqa: ANN401 - the wrapped function's result
-                async with contextlib.AsyncExitStack() as stack:
-                    for daemon in daemons:
-                        await stack.enter_async_context(daemon.running(stop=stop))
-                    return await coroutine_function(*args, **kwargs)
-
-            return async_wrapper
-
-        @functools.wraps(function)
-        def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:  # noqa: ANN401 - the wrapped function's result
-            with contextlib.ExitStack() as stack:
-                for daemon in daemons:
-                    stack.enter_context(daemon.running(stop=stop))
-                return function(*args, **kwargs)
-
-        return wrapper
+        return wrap(function, lambda: [daemon.running(stop=stop) for daemon in daemons])
 
 
 def requires(*daemons: Daemon, stop: bool | None = None) -> _Requires:
@@ -75,8 +53,6 @@ def requires(*daemons: Daemon, stop: bool | None = None) -> _Requires:
     if not daemons:
         msg = "requires() needs at least one daemon"
         raise TypeError(msg)
-    from ._spec import Daemon  # noqa: PLC0415 - _spec imports the package's modules
-
     for daemon in daemons:
         if not isinstance(daemon, Daemon):
             msg = f"requires() takes Daemon objects, not {daemon!r}"

@@ -8,6 +8,9 @@ The hierarchy::
     ├── StartError ── StartTimeout   (also a builtin TimeoutError)
     └── StopError  ── StopTimeout    (also a builtin TimeoutError)
 
+    ValueError
+    └── ConfigError                  (a daemons.toml that cannot be used)
+
 Every exception carries the data it talks about as attributes (``identifier``,
 ``output``, ``log``, ``exit_status``, ``signal``, ``pid``) and builds its text in
 ``__str__`` from them, so a handler can inspect the failure without parsing the
@@ -16,7 +19,10 @@ message. All of them survive pickling (for multiprocessing and pytest-xdist).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 class DaemonError(Exception):
@@ -163,3 +169,40 @@ class StopTimeout(StopError, TimeoutError):
         kwargs.setdefault("reason", "timed out")
         super().__init__(identifier, message, **kwargs)
         self.timeout = timeout
+
+
+class ConfigError(ValueError):
+    """A daemons file that cannot be used: says which file, daemon and key.
+
+    Attributes:
+        path: The file.
+        daemon: The daemon's name, or ``None`` for a file-level problem.
+        key: The key at fault, or ``None``.
+        problem: What is wrong, in words.
+    """
+
+    def __init__(
+        self, path: Path, problem: str, *, daemon: str | None = None, key: str | None = None
+    ) -> None:
+        self.path = path
+        self.daemon = daemon
+        self.key = key
+        self.problem = problem
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = str(self.path)
+        if self.daemon is not None:
+            where += f": daemon {self.daemon!r}"
+        if self.key is not None:
+            where += f", key {self.key!r}"
+        return f"{where}: {self.problem}"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_config_error, (self.path, self.problem, self.daemon, self.key))
+
+
+def _rebuild_config_error(
+    path: Path, problem: str, daemon: str | None, key: str | None
+) -> ConfigError:
+    return ConfigError(path, problem, daemon=daemon, key=key)

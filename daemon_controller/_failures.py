@@ -16,22 +16,16 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import tempfile
 import time
 from typing import TYPE_CHECKING, Any
 
 from ._errors import StartError, StartTimeout
+from ._files import atomic_write
 
 if TYPE_CHECKING:
-    from pathlib import Path
+    from ._files import DaemonFiles
 
 _FIELDS = ("output", "log", "exit_status", "signal", "pid", "reason")
-
-
-def record_path(lock_file: Path) -> Path:
-    """Where the failure of the last start attempt is recorded."""
-    return lock_file.with_name(lock_file.name + ".failure")
 
 
 def now() -> int:
@@ -39,7 +33,7 @@ def now() -> int:
     return time.time_ns()
 
 
-def write(lock_file: Path, error: StartError) -> None:
+def write(files: DaemonFiles, error: StartError) -> None:
     """Record ``error`` as the outcome of the start attempt that just ended."""
     record: dict[str, Any] = {
         "failed_at": now(),
@@ -51,29 +45,20 @@ def write(lock_file: Path, error: StartError) -> None:
     }
     if isinstance(error, StartTimeout):
         record["timeout"] = error.timeout
-    path = record_path(lock_file)
     with contextlib.suppress(OSError):  # sharing is an optimisation; never fail a start on it
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(record, f)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        atomic_write(files.failure, json.dumps(record).encode())
 
 
-def clear(lock_file: Path) -> None:
+def clear(files: DaemonFiles) -> None:
     """Forget the last failure (a start succeeded)."""
     with contextlib.suppress(OSError):
-        record_path(lock_file).unlink()
+        files.failure.unlink()
 
 
-def recorded_since(lock_file: Path, since: int) -> StartError | None:
+def recorded_since(files: DaemonFiles, since: int) -> StartError | None:
     """The recorded failure if it happened after ``since`` (from :func:`now`)."""
     try:
-        with record_path(lock_file).open(encoding="utf-8") as f:
+        with files.failure.open(encoding="utf-8") as f:
             record = json.load(f)
         if not isinstance(record, dict) or int(record["failed_at"]) < since:
             return None

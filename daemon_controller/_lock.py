@@ -61,16 +61,6 @@ def _open(path: Path, identifier: str) -> int | None:
         raise DaemonError(identifier, msg) from err
 
 
-def users_path(lock_file: Path) -> Path:
-    """The file whose shared locks count the ``running()`` blocks inside."""
-    return lock_file.with_name(lock_file.name + ".users")
-
-
-def owner_path(lock_file: Path) -> Path:
-    """The file naming the daemon PID that a ``running()`` block started."""
-    return lock_file.with_name(lock_file.name + ".owner")
-
-
 def _missing_dir(path: Path, identifier: str) -> DaemonError:
     msg = (
         f"Daemon '{identifier}': cannot create lock file {str(path)!r}: "

@@ -14,12 +14,12 @@ import contextlib
 import os
 import re
 import stat
-import tempfile
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import _platform, _process
+from ._files import atomic_write
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -188,18 +188,8 @@ def remove_if_names(path: Path, pid: int) -> None:
 
 
 def write(path: Path, pid: int) -> None:
-    """Write ``pid`` atomically: a temporary file in the same directory, then rename.
+    """Write ``pid`` atomically (see :func:`~daemon_controller._files.atomic_write`).
 
-    A rename replaces a symlink at ``path`` instead of writing through it.
+    Readable by others, like the PID files daemons write themselves.
     """
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        if hasattr(os, "fchmod"):
-            os.fchmod(fd, 0o644)  # readable by others, like PID files daemons write
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{pid}\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, f"{pid}\n".encode(), mode=0o644)

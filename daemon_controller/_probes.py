@@ -16,6 +16,10 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+import psutil
+
+from ._options import command_text
+
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
@@ -202,7 +206,7 @@ class CommandPing:
 
     def describe(self) -> str:
         """The command line."""
-        return self.command if isinstance(self.command, str) else " ".join(self.command)
+        return command_text(self.command)
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,8 +241,6 @@ def holder(probe: Probe) -> str | None:
     Best effort through psutil: only TCP, HTTP and unix-socket probes can be
     matched, and another user's sockets may be invisible without privileges.
     """
-    import psutil  # noqa: PLC0415 - only needed on this error path
-
     wanted: int | str
     if isinstance(probe, HttpPing):
         parts = urllib.parse.urlsplit(probe.url)

@@ -1,4 +1,4 @@
-"""Is a process alive, and waiting for it to be gone.
+"""Is a process alive, waiting for it to be gone, and making it go.
 
 "Alive" means: it exists and is not a zombie. A daemon that double-forked is
 re-parented to PID 1, and on some machines PID 1 reaps orphans only every few
@@ -22,6 +22,9 @@ from ._waiting import Deadline, MonotonicClock, poll_until
 
 if TYPE_CHECKING:
     import subprocess
+
+#: How long a SIGKILLed process gets to disappear before we stop waiting.
+KILL_GRACE = 5.0
 
 _children: dict[int, subprocess.Popen[bytes]] = {}
 _children_lock = threading.Lock()
@@ -98,6 +101,20 @@ def kill_all(procs: list[psutil.Process], deadline: Deadline) -> None:
         wait_gone(proc.pid, deadline, max_interval=0.05)
 
 
+def terminate(procs: list[psutil.Process], deadline: Deadline) -> None:
+    """SIGTERM each process, wait for them until ``deadline``, then SIGKILL the rest.
+
+    Waits with our own checks, not psutil's: psutil's would wait for PID 1 to
+    reap a zombie, which on some machines takes seconds.
+    """
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()  # psutil checks that the PID was not reused meanwhile
+    rest = [proc for proc in procs if not wait_gone(proc.pid, deadline, max_interval=0.05)]
+    if rest:
+        kill_all(rest, Deadline(KILL_GRACE, deadline.clock))
+
+
 def wait_gone(pid: int, deadline: Deadline, max_interval: float) -> bool:
     """Wait until ``pid`` has exited (zombie counts as exited), until the deadline.
 
@@ -121,3 +138,58 @@ def wait_gone(pid: int, deadline: Deadline, max_interval: float) -> bool:
         max_interval=max_interval,
     )
     return bool(result)
+
+
+class ExitWatches:
+    """The exit handles (pidfds) of the processes one wait watches, opened once each.
+
+    Checking a process through its handle is one ``poll()``; psutil is asked
+    only the first time. Cheap checks allow short pauses between them, and so
+    a short delay between an event and our reaction to it.
+    """
+
+    __slots__ = ("_handles",)
+
+    def __init__(self) -> None:
+        self._handles: dict[int, _platform.ExitHandle | None] = {}
+
+    def alive(self, pid: int) -> bool:
+        """Whether ``pid`` runs (a zombie does not; a child of ours is reaped)."""
+        if pid not in self._handles:
+            if not is_alive(pid):
+                return False
+            self._handles[pid] = _platform.exit_handle(pid)
+            return True
+        handle = self._handles[pid]
+        if handle is None:
+            return is_alive(pid)
+        if handle.exited():
+            reap(pid)
+            return False
+        return True
+
+    def wait(self, pid: int, seconds: float) -> bool:
+        """Pause up to ``seconds``, waking when ``pid`` exits.
+
+        Returns:
+            ``False`` if the platform has no exit handle for it: the caller
+            must pause by other means.
+        """
+        if pid not in self._handles:
+            self.alive(pid)
+        handle = self._handles.get(pid)
+        if handle is None:
+            return False
+        handle.wait(seconds)
+        return True
+
+    def has_handle(self, pid: int) -> bool:
+        """Whether ``pid`` is watched through an exit handle (its exit wakes :meth:`wait`)."""
+        return self._handles.get(pid) is not None
+
+    def close(self) -> None:
+        """Close every handle."""
+        for handle in self._handles.values():
+            if handle is not None:
+                handle.close()
+        self._handles.clear()

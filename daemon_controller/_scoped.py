@@ -3,70 +3,63 @@
 Entering a block makes sure the daemon runs, starting it if needed (race-free:
 several threads or processes entering at once start it exactly once). Leaving
 it stops the daemon only if a ``running()`` block started it and no other
-block, in any thread or process on this machine, is still inside.
+block, in any thread or process on this machine, is still inside (the
+protocol is in ``_ownership``).
 
-Who is inside is recorded with the OS's help, so a process that dies inside a
-block is counted out automatically:
-
-* ``<lock file>.users`` — every block holds a *shared* lock on its own open
-  handle of this file while inside. A block leaving releases its handle and
-  tries a *non-blocking exclusive* lock: it succeeds only if nobody else is
-  inside, and it keeps that lock while stopping the daemon, so a block entering
-  meanwhile waits and then starts a fresh daemon.
-* ``<lock file>.owner`` — written when a block starts the daemon, holding the
-  daemon's PID. Only a daemon recorded there is stopped by the last block out;
-  a daemon that was already running before anyone entered is left running.
+:func:`wrap` is the one decorator wrapper for plain and ``async def``
+functions, used by ``running()`` as a decorator and by ``@requires``: for a
+coroutine function the blocks are entered when the coroutine *runs*, not when
+it is created.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
 
-from . import _controller, _failures, _lock, _pidfile
-from ._lock import owner_path, users_path
-from ._waiting import SYSTEM_CLOCK
+from . import _actions, _failures, _lock, _ownership, _pidfile
 
 if TYPE_CHECKING:
-    from pathlib import Path
+    from collections.abc import Awaitable, Callable, Coroutine, Sequence
     from types import TracebackType
 
-    from ._spec import Daemon
+    from ._daemon import Daemon
+    from ._options import StartTarget
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
-def _write_owner(lock_file: Path, pid: int) -> None:
-    _pidfile.write(owner_path(lock_file), pid)
+def wrap(function: Callable[P, Any], blocks: Callable[[], Sequence[Running]]) -> Callable[P, Any]:
+    """``function`` run inside fresh ``blocks()`` on each call (entered in order, left reversed).
 
-
-def _clear_owner(lock_file: Path) -> None:
-    with contextlib.suppress(OSError):
-        owner_path(lock_file).unlink()
-
-
-def settle(daemon: Daemon, *, stop: bool | None = None) -> bool:
-    """If no block is inside, stop the daemon when a block started it.
-
-    Returns:
-        ``True`` if nobody was inside (the decision was ours), else ``False``.
+    A coroutine function gets a coroutine function whose blocks are entered
+    with ``async with`` while the coroutine runs.
     """
-    lock = daemon.config.effective_lock_file
-    if lock is None:
-        return False
-    last = _lock.acquire(users_path(lock), daemon.name, shared=False, blocking=False)
-    if last is None:
-        return False  # somebody else is inside; the last one out decides
-    try:
-        if stop is True:
-            daemon.stop()
-        elif stop is None:
-            owner = _pidfile.read_pid(owner_path(lock))
-            if owner is not None and owner == daemon.read_pid():
-                daemon.stop()
-        _clear_owner(lock)
-    finally:
-        last.release()
-    return True
+    import inspect  # noqa: PLC0415 - 20 ms of import time; only decorating needs it
+
+    if inspect.iscoroutinefunction(function):
+        coroutine_function = cast("Callable[P, Awaitable[Any]]", function)
+
+        @functools.wraps(function)
+        async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:  # noqa: ANN401 - the wrapped function's result
+            async with contextlib.AsyncExitStack() as stack:
+                for block in blocks():
+                    await stack.enter_async_context(block)
+                return await coroutine_function(*args, **kwargs)
+
+        return async_wrapper
+
+    @functools.wraps(function)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:  # noqa: ANN401 - the wrapped function's result
+        with contextlib.ExitStack() as stack:
+            for block in blocks():
+                stack.enter_context(block)
+            return function(*args, **kwargs)
+
+    return wrapper
 
 
 class _Handoff:
@@ -97,18 +90,20 @@ class _Handoff:
             return self._entered
 
 
-class Running(contextlib.ContextDecorator):
+class Running:
     """The context manager returned by :meth:`Daemon.running`.
 
-    Usable as ``with``, ``async with`` and as a decorator (each call of the
-    decorated function is one block). It yields the :class:`Daemon`.
+    Usable as ``with``, ``async with`` and as a decorator of plain and
+    ``async def`` functions (each call of the decorated function is one block).
+    It yields the :class:`Daemon`.
     """
 
-    def __init__(self, daemon: Daemon, stop: bool | None = None) -> None:
+    def __init__(self, daemon: Daemon, target: StartTarget, stop: bool | None = None) -> None:
         if stop not in (None, True, False):
             msg = f"Daemon '{daemon.name}': running(stop=...) takes None, True or False"
             raise TypeError(msg)
         self.daemon = daemon
+        self.target = target
         self.stop = stop
         #: Leave without deciding whether to stop; for the pytest plugin, which
         #: settles session daemons when the last xdist worker finishes.
@@ -116,29 +111,31 @@ class Running(contextlib.ContextDecorator):
         self._held: list[_lock.Held] = []
         self._guard = threading.Lock()
 
-    def _recreate_cm(self) -> Running:
-        # ContextDecorator reuses this object for every call of a decorated
-        # function; concurrent calls need blocks of their own.
-        fresh = Running(self.daemon, self.stop)
+    def _fresh(self) -> Running:
+        fresh = Running(self.daemon, self.target, self.stop)
         fresh.defer = self.defer
         return fresh
 
-    def _lock_file(self) -> Path:
-        _controller._require(self.daemon, *_controller._START_PARTS)  # noqa: SLF001 - same package
-        lock = self.daemon.config.effective_lock_file
-        assert lock is not None  # noqa: S101 - follows from pid_file
-        return lock
+    @overload
+    def __call__(
+        self, function: Callable[P, Coroutine[Any, Any, R]]
+    ) -> Callable[P, Coroutine[Any, Any, R]]: ...
+
+    @overload
+    def __call__(self, function: Callable[P, R]) -> Callable[P, R]: ...
+
+    def __call__(self, function: Callable[P, Any]) -> Callable[P, Any]:
+        """Decorate ``function``: each call runs in a block of its own."""
+        return wrap(function, lambda: (self._fresh(),))
 
     # -- sync -----------------------------------------------------------------------
 
     def __enter__(self) -> Daemon:
-        lock = self._lock_file()
         since = _failures.now()
         # Blocks while the last block out holds it exclusively to stop the daemon.
-        held = _lock.acquire(users_path(lock), self.daemon.name, shared=True)
-        assert held is not None  # noqa: S101 - a blocking acquire returns a lock
+        held = _ownership.lease(self.target)
         try:
-            self._enter_locked(lock, since)
+            self._enter_locked(since)
         except BaseException:
             held.release()
             raise
@@ -146,17 +143,13 @@ class Running(contextlib.ContextDecorator):
             self._held.append(held)
         return self.daemon
 
-    def _enter_locked(self, lock: Path, since: int) -> None:
-        pid_file = self.daemon.config.pid_file
-        assert pid_file is not None  # noqa: S101 - checked by _require
-        with _lock.locked(lock, self.daemon.name, shared=False):
-            started = _controller._ensure_running_locked(  # noqa: SLF001 - same package
-                self.daemon, since, SYSTEM_CLOCK
-            )
-            if started:
-                pid = _pidfile.read_pid(pid_file)
+    def _enter_locked(self, since: int) -> None:
+        target = self.target
+        with _lock.locked(target.files.lock, target.name, shared=False):
+            if _actions.ensure_running_locked(target, since):
+                pid = _pidfile.read_pid(target.files.pid)
                 if pid is not None:
-                    _write_owner(lock, pid)
+                    _ownership.write_owner(target.files, pid)
 
     def __exit__(
         self,
@@ -173,7 +166,7 @@ class Running(contextlib.ContextDecorator):
                 raise
             # The block's own exception matters more; keep the stop error visible.
             exc.add_note(f"while leaving daemon '{self.daemon.name}': {type(err).__name__}: {err}")
-            self.daemon.config.logger.warning(
+            self.target.config.logger.warning(
                 "Daemon '%s': error while stopping after a failed block: %s", self.daemon.name, err
             )
 
@@ -182,10 +175,32 @@ class Running(contextlib.ContextDecorator):
         if self.defer:
             return  # the pytest plugin settles it later (see settle())
         if self.stop is True:
-            self.daemon.stop()
-            _clear_owner(self._lock_file())
+            _actions.stop(self.target)
+            _ownership.clear_owner(self.target.files)
             return
-        settle(self.daemon, stop=self.stop)
+        self.settle()
+
+    def settle(self) -> bool:
+        """If no block is inside, stop the daemon when a block started it (or ``stop=True``).
+
+        Returns:
+            ``True`` if nobody was inside (the decision was ours), else ``False``.
+        """
+        target = self.target
+        last = _ownership.last_out(target)
+        if last is None:
+            return False  # somebody else is inside; the last one out decides
+        try:
+            if self.stop is True:
+                _actions.stop(target)
+            elif self.stop is None:
+                owner = _ownership.read_owner(target.files)
+                if owner is not None and owner == _actions.read_pid(target):
+                    _actions.stop(target)
+            _ownership.clear_owner(target.files)
+        finally:
+            last.release()
+        return True
 
     # -- async ----------------------------------------------------------------------
 
@@ -201,7 +216,7 @@ class Running(contextlib.ContextDecorator):
             try:
                 self.__exit__(None, None, None)
             except Exception as err:  # noqa: BLE001 - reported, not raised
-                self.daemon.config.logger.warning(
+                self.target.config.logger.warning(
                     "Daemon '%s': error while leaving a cancelled block: %s", self.daemon.name, err
                 )
 

@@ -29,6 +29,12 @@ from . import _process
 from ._waiting import Clock, Deadline
 
 MARKER = "DAEMON_CONTROLLER_START"
+#: "Everything the start created has exited" must hold this long to count.
+_ALL_GONE_CONFIRM = 0.015
+#: While a watched descendant lives, all processes are scanned this often...
+_RESCAN = 0.05
+#: ...and otherwise at most this often (a scan of ~100 processes costs ~1.5 ms).
+_MIN_SCAN_GAP = 0.01
 
 
 def new_marker() -> str:
@@ -46,16 +52,10 @@ class Descendants:
 
     def __init__(self, marker: str) -> None:
         self.marker = marker
-        self.root_pid: int | None = None
         # pid -> creation time; the creation time tells a reused PID apart.
         self.known: dict[int, float] = {}
         self.before = set(psutil.pids())
         self.strangers: set[int] = set()
-
-    def attach(self, root_pid: int) -> None:
-        """Start from the spawned start command."""
-        self.root_pid = root_pid
-        self.adopt(root_pid)
 
     def adopt(self, pid: int) -> None:
         """Track ``pid`` too (a PID file's process that may have cleared its environment).
@@ -131,23 +131,67 @@ class Descendants:
             The PIDs that had to be terminated.
         """
         deadline = Deadline(grace, clock)
-        victims: dict[int, psutil.Process] = {}
+        victims: set[int] = set()
         while True:
             self.scan()
             fresh = [proc for proc in self.alive() if proc.pid not in victims]
             if not fresh:
                 break
-            for proc in fresh:
-                victims[proc.pid] = proc
-                with contextlib.suppress(psutil.Error):
-                    proc.terminate()
-            # Our own waits: psutil's would wait for PID 1 to reap a zombie.
-            rest = [p for p in fresh if not _process.wait_gone(p.pid, deadline, max_interval=0.05)]
-            for proc in rest:
-                with contextlib.suppress(psutil.Error):
-                    proc.kill()
-            kill_deadline = Deadline(5.0, clock)
-            for proc in rest:
-                _process.wait_gone(proc.pid, kill_deadline, max_interval=0.05)
+            victims.update(proc.pid for proc in fresh)
+            _process.terminate(fresh, deadline)
         _process.reap_all()
         return sorted(victims)
+
+
+class AllExitedWatch:
+    """Has everything a start command created exited? Answered cheaply, often.
+
+    The newest living descendant is watched through its exit handle, which is
+    cheap; only when it exits (or every ``_RESCAN`` seconds) are all processes
+    scanned again. "All exited" must be seen twice, a few milliseconds apart,
+    so that a process caught between two forks is not mistaken for a dead
+    daemon.
+
+    Attributes:
+        watched: A living descendant (typically the daemon), or ``None``.
+    """
+
+    def __init__(self, tracker: Descendants, exits: _process.ExitWatches, clock: Clock) -> None:
+        self.tracker = tracker
+        self.exits = exits
+        self.clock = clock
+        self.watched: int | None = None
+        self._last_scan = -_RESCAN
+        self._all_gone_since: float | None = None
+        self._scan_spent = 0.0
+
+    def all_exited(self) -> bool:
+        """``True`` once every descendant is confirmed gone."""
+        now = self.clock.now()
+        since_scan = now - self._last_scan
+        if self.watched is not None and self.exits.alive(self.watched):
+            if since_scan < _RESCAN:
+                return False
+        elif since_scan < _MIN_SCAN_GAP:
+            return False
+        self._last_scan = now
+        alive = self.tracker.any_alive()
+        self._scan_spent += self.clock.now() - now
+        if alive:
+            self._all_gone_since = None
+            self.watched = self.tracker.newest_alive()
+            return False
+        self.watched = None
+        if self._all_gone_since is None:
+            self._all_gone_since = now
+            return False
+        return now - self._all_gone_since >= _ALL_GONE_CONFIRM
+
+    def take_scan_time(self) -> float:
+        """Seconds spent scanning since the last call.
+
+        Scans rate-limit themselves, so they must not also stretch the pauses
+        between checks.
+        """
+        spent, self._scan_spent = self._scan_spent, 0.0
+        return spent

@@ -34,12 +34,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
 
-from . import _lock, _scoped
+from . import _lock
 
 if TYPE_CHECKING:
     from collections.abc import Generator
 
-    from ._spec import Daemon
+    from ._daemon import Daemon
 
 Scope = Literal["function", "class", "module", "package", "session"]
 
@@ -162,7 +162,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         for daemon, scope, stop in _declared.values():
             if scope == "session" and stop is not False:
                 with contextlib.suppress(Exception):
-                    _scoped.settle(daemon, stop=stop)
+                    daemon.running(stop=stop).settle()
     finally:
         last.release()
 

@@ -32,7 +32,7 @@ from daemon_controller import (
     UnixPing,
     load,
 )
-from daemon_controller._config import Project, find, load_project
+from daemon_controller._toml import Project, find, load_project
 
 BASE = 'start = "true"\nping = "true"\n'
 MINIMAL = BASE + 'pid = "run/d.pid"\nlog = "run/d.log"\n'
@@ -52,7 +52,7 @@ def with_files(options: str) -> str:
     """Add the pid and log keys a daemon needs unless it runs in the foreground."""
     text = textwrap.dedent(options)
     keys = {line.split("=")[0].strip() for line in text.splitlines() if "=" in line}
-    if keys & {"foreground", "daemonize_for_me"}:
+    if keys & {"foreground"}:
         return text
     return text + "".join(f'{key} = "run/web.{key}"\n' for key in ("pid", "log") if key not in keys)
 
@@ -100,7 +100,7 @@ def test_daemons_toml_loads_named_daemons(tmp_path):
     assert search.config.start_command == "redis-server config/redis.conf"
     assert daemons["db"].name == "db"
     assert daemons["db"].config.start_command == ("postgres", "-D", "data")
-    assert search.config.ping_command == TcpPing("127.0.0.1", 6390)
+    assert search.config.ping == TcpPing("127.0.0.1", 6390)
     assert search.config.pid_file == tmp_path / "tmp" / "redis.pid"
     assert search.config.log_file == tmp_path / "log" / "redis.log"
 
@@ -125,7 +125,7 @@ def test_pyproject_toml_loads_its_tool_table(tmp_path):
     )
     daemons = load(path)
     assert list(daemons) == ["search"]
-    assert daemons["search"].config.ping_command == TcpPing("127.0.0.1", 6390)
+    assert daemons["search"].config.ping == TcpPing("127.0.0.1", 6390)
     assert daemons["search"].config.pid_file == tmp_path / "tmp" / "redis.pid"
 
 
@@ -172,13 +172,13 @@ def test_ping_forms(tmp_path, ping, expected):
     if isinstance(expected, CommandPing):
         # A ping command runs in the file's directory, like the other commands.
         expected = CommandPing(expected.command, cwd=tmp_path)
-    assert web.config.ping_command == expected
+    assert web.config.ping == expected
 
 
 def test_relative_unix_socket_is_relative_to_the_file(tmp_path, monkeypatch):
     monkeypatch.chdir("/")
     web = load_one(tmp_path, 'start = "x"\nping = "unix://run/app.sock"\n')
-    assert web.config.ping_command == UnixPing(tmp_path / "run" / "app.sock")
+    assert web.config.ping == UnixPing(tmp_path / "run" / "app.sock")
 
 
 def test_files_and_cwd_are_relative_to_the_file(tmp_path, monkeypatch):
@@ -197,7 +197,7 @@ def test_files_and_cwd_are_relative_to_the_file(tmp_path, monkeypatch):
     assert cfg.pid_file == tmp_path / "tmp" / "web.pid"
     assert cfg.log_file == tmp_path / "log" / "web.log"
     assert cfg.lock_file == tmp_path / "tmp" / "web.lock"
-    assert cfg.effective_lock_file == tmp_path / "tmp" / "web.lock"
+    assert web._target().files.lock == tmp_path / "tmp" / "web.lock"
     assert cfg.cwd == tmp_path / "app"
 
 
@@ -251,11 +251,11 @@ def test_every_option_is_applied(tmp_path):
     assert isinstance(cfg.start_timeout, float)
     assert cfg.start_abort_timeout == 1.5
     assert cfg.stop_timeout == 2.5
-    assert cfg.log_file_activity_timeout == 3.0
+    assert cfg.log_activity_timeout == 3.0
     assert cfg.ping_interval == 0.25
-    assert cfg.stop_graceful_signal == "INT"
+    assert cfg.stop_signal == "INT"
     assert cfg.dont_stop_if_pid_file_invalid is True
-    assert cfg.daemonize_for_me is True
+    assert cfg.foreground is True
     assert cfg.user == "nobody"
     assert dict(cfg.env) == {"RAILS_ENV": "test", "EMPTY": ""}
 
@@ -265,7 +265,7 @@ def test_defaults_when_options_are_absent(tmp_path):
     builder = Daemon("web").config
     assert cfg.start_timeout == builder.start_timeout
     assert cfg.stop_timeout == builder.stop_timeout
-    assert cfg.daemonize_for_me is False
+    assert cfg.foreground is False
     assert cfg.dont_stop_if_pid_file_invalid is False
     assert cfg.user is None
     assert cfg.env == ()
@@ -292,17 +292,17 @@ def test_stop_signal_as_number_and_flags_false(tmp_path):
         {MINIMAL}
         stop_signal = 2
         foreground = false
-        daemonize_for_me = false
         dont_stop_if_pid_file_invalid = false
         """,
     ).config
-    assert cfg.stop_graceful_signal == 2
-    assert cfg.daemonize_for_me is False
+    assert cfg.stop_signal == 2
+    assert cfg.foreground is False
     assert cfg.dont_stop_if_pid_file_invalid is False
 
 
-def test_daemonize_for_me_key_is_the_same_as_foreground(tmp_path):
-    assert load_one(tmp_path, f"{MINIMAL}daemonize_for_me = true\n").config.daemonize_for_me
+def test_ruby_option_name_as_a_key_is_refused_with_ours_suggested(tmp_path):
+    with pytest.raises(ConfigError, match="did you mean 'foreground'"):
+        load_one(tmp_path, f"{MINIMAL}daemonize_for_me = true\n")
 
 
 def test_after_is_kept_in_the_project(tmp_path):

@@ -331,19 +331,18 @@ def test_restart_while_the_last_block_settles_neither_waits_nor_hands_over(echo)
     daemon = echo()
     daemon.start()
     try:
-        lock = daemon.config.effective_lock_file
-        assert lock is not None
+        files = daemon._target().files
         first = daemon.read_pid()
         assert first is not None
-        _pidfile.write(_lock.owner_path(lock), first)  # as if a block had started it
-        settling = _lock.acquire(_lock.users_path(lock), "test", shared=False)
+        _pidfile.write(files.owner, first)  # as if a block had started it
+        settling = _lock.acquire(files.users, "test", shared=False)
         assert settling is not None
         try:
             daemon.restart()
         finally:
             settling.release()
         assert daemon.read_pid() not in (None, first)
-        assert _pidfile.read_pid(_lock.owner_path(lock)) == first
+        assert _pidfile.read_pid(files.owner) == first
     finally:
         daemon.stop()
 

@@ -75,7 +75,7 @@ BUILDER_CALLS = [
     ("ping_interval", (0.5,)),
     ("stop_signal", ("INT",)),
     ("dont_stop_if_pid_file_invalid", ()),
-    ("daemonize_for_me", ()),
+    ("foreground", ()),
     ("keep_fds", (0, 1)),
     ("env", ({"A": "1"},)),
     ("cwd", ("/tmp",)),
@@ -114,7 +114,7 @@ def test_one_base_specialised_two_ways(tmp_path):
     assert prod.config.log_file == tmp_path / "prod.log"
     assert test.config.start_timeout == 30
     assert prod.config.start_timeout == 60
-    assert test.config.ping_command == prod.config.ping_command == TcpPing("127.0.0.1", 6379)
+    assert test.config.ping == prod.config.ping == TcpPing("127.0.0.1", 6379)
 
 
 def test_daemon_and_config_are_frozen():
@@ -145,18 +145,18 @@ def test_defaults_are_the_gems():
     assert cfg.start_timeout == 30
     assert cfg.start_abort_timeout == 10
     assert cfg.stop_timeout == 30
-    assert cfg.log_file_activity_timeout == 10
+    assert cfg.log_activity_timeout == 10
     assert cfg.ping_interval == 0.1
-    assert cfg.stop_graceful_signal == "TERM"
+    assert cfg.stop_signal == "TERM"
     assert cfg.dont_stop_if_pid_file_invalid is False
-    assert cfg.daemonize_for_me is False
-    assert cfg.keep_ios == ()
+    assert cfg.foreground is False
+    assert cfg.keep_fds == ()
     assert cfg.env == ()
     for name in (
         "start_command",
         "stop_command",
         "restart_command",
-        "ping_command",
+        "ping",
         "pid_file",
         "log_file",
         "lock_file",
@@ -169,12 +169,13 @@ def test_defaults_are_the_gems():
 
 def test_default_lock_file_is_pid_file_plus_lock(tmp_path):
     d = Daemon(NAME)
-    assert d.config.effective_lock_file is None
+    with pytest.raises(ValueError, match="pid"):
+        d._target()
     d = d.pid(tmp_path / "x.pid")
     assert d.config.lock_file is None
-    assert d.config.effective_lock_file == tmp_path / "x.pid.lock"
+    assert d._target().files.lock == tmp_path / "x.pid.lock"
     d = d.lock(tmp_path / "elsewhere.lck")
-    assert d.config.effective_lock_file == tmp_path / "elsewhere.lck"
+    assert d._target().files.lock == tmp_path / "elsewhere.lck"
 
 
 def test_default_lock_file_is_really_used(echo):
@@ -205,16 +206,16 @@ OPTION_CASES = [
     (lambda d: d.stop_with(["kill", "it"]), "stop_command", ("kill", "it")),
     (lambda d: d.restart_with("again"), "restart_command", "again"),
     (lambda d: d.restart_with(["again", "now"]), "restart_command", ("again", "now")),
-    (lambda d: d.ping_tcp("localhost", 1234), "ping_command", TcpPing("localhost", 1234)),
-    (lambda d: d.ping_unix("/run/x.sock"), "ping_command", UnixPing(Path("/run/x.sock"))),
+    (lambda d: d.ping_tcp("localhost", 1234), "ping", TcpPing("localhost", 1234)),
+    (lambda d: d.ping_unix("/run/x.sock"), "ping", UnixPing(Path("/run/x.sock"))),
     (
         lambda d: d.ping_http("http://localhost:8080/up"),
-        "ping_command",
+        "ping",
         HttpPing("http://localhost:8080/up"),
     ),
-    (lambda d: d.ping_command("test -e /x"), "ping_command", CommandPing("test -e /x")),
-    (lambda d: d.ping_command(["test", "-e"]), "ping_command", CommandPing(("test", "-e"))),
-    (lambda d: d.ping(_ping_fn), "ping_command", CallablePing(_ping_fn)),
+    (lambda d: d.ping_command("test -e /x"), "ping", CommandPing("test -e /x")),
+    (lambda d: d.ping_command(["test", "-e"]), "ping", CommandPing(("test", "-e"))),
+    (lambda d: d.ping(_ping_fn), "ping", CallablePing(_ping_fn)),
     (lambda d: d.pid("/var/run/x.pid"), "pid_file", Path("/var/run/x.pid")),
     (lambda d: d.log("/var/log/x.log"), "log_file", Path("/var/log/x.log")),
     (lambda d: d.lock("/var/lock/x"), "lock_file", Path("/var/lock/x")),
@@ -222,20 +223,20 @@ OPTION_CASES = [
     (lambda d: d.start_timeout(25), "start_timeout", 25.0),
     (lambda d: d.start_abort_timeout(0), "start_abort_timeout", 0.0),
     (lambda d: d.stop_timeout(2.5), "stop_timeout", 2.5),
-    (lambda d: d.log_activity_timeout(3), "log_file_activity_timeout", 3.0),
+    (lambda d: d.log_activity_timeout(3), "log_activity_timeout", 3.0),
     (lambda d: d.ping_interval(0.02), "ping_interval", 0.02),
-    (lambda d: d.stop_signal("INT"), "stop_graceful_signal", "INT"),
-    (lambda d: d.stop_signal("SIGQUIT"), "stop_graceful_signal", "SIGQUIT"),
-    (lambda d: d.stop_signal(signal.SIGUSR1), "stop_graceful_signal", signal.SIGUSR1),
+    (lambda d: d.stop_signal("INT"), "stop_signal", "INT"),
+    (lambda d: d.stop_signal("SIGQUIT"), "stop_signal", "SIGQUIT"),
+    (lambda d: d.stop_signal(signal.SIGUSR1), "stop_signal", signal.SIGUSR1),
     (lambda d: d.dont_stop_if_pid_file_invalid(), "dont_stop_if_pid_file_invalid", True),
     (
         lambda d: d.dont_stop_if_pid_file_invalid().dont_stop_if_pid_file_invalid(False),
         "dont_stop_if_pid_file_invalid",
         False,
     ),
-    (lambda d: d.daemonize_for_me(), "daemonize_for_me", True),
-    (lambda d: d.keep_fds(0, 1), "keep_ios", (0, 1)),
-    (lambda d: d.keep_fds(_with_fileno(), 5), "keep_ios", (2, 5)),
+    (lambda d: d.foreground(), "foreground", True),
+    (lambda d: d.keep_fds(0, 1), "keep_fds", (0, 1)),
+    (lambda d: d.keep_fds(_with_fileno(), 5), "keep_fds", (2, 5)),
     (lambda d: d.env({"A": "1"}), "env", (("A", "1"),)),
     (lambda d: d.env({"A": "1"}).env(B="2"), "env", (("A", "1"), ("B", "2"))),
     (lambda d: d.env({"A": "1"}).env({"A": "3"}), "env", (("A", "3"),)),
@@ -245,7 +246,7 @@ OPTION_CASES = [
 
 
 @pytest.mark.parametrize(("call", "field", "expected"), OPTION_CASES)
-def test_builder_sets_the_ruby_option(call, field, expected):
+def test_builder_sets_its_option(call, field, expected):
     d = call(Daemon(NAME))
     value = getattr(d.config, field)
     assert value == expected
@@ -255,7 +256,7 @@ def test_builder_sets_the_ruby_option(call, field, expected):
 def test_keep_fds_with_a_real_file_object(tmp_path):
     with (tmp_path / "kept").open("w") as f:
         d = Daemon(NAME).keep_fds(f, f.fileno())
-        assert d.config.keep_ios == (f.fileno(), f.fileno())
+        assert d.config.keep_fds == (f.fileno(), f.fileno())
 
 
 def test_relative_paths_become_absolute_when_set(tmp_path, monkeypatch):
@@ -271,7 +272,7 @@ def test_relative_paths_become_absolute_when_set(tmp_path, monkeypatch):
     assert cfg.log_file == first / "d.log"
     assert cfg.lock_file == first / "d.lock"
     assert cfg.cwd == first
-    assert cfg.ping_command == UnixPing(first / "d.sock")
+    assert cfg.ping == UnixPing(first / "d.sock")
     for path in (cfg.pid_file, cfg.log_file, cfg.lock_file, cfg.cwd):
         assert path.is_absolute()
     # Same for the keyword form.
@@ -290,7 +291,7 @@ def test_relative_paths_become_absolute_when_set(tmp_path, monkeypatch):
     assert k.config.log_file == first / "k.log"
     assert k.config.lock_file == first / "k.lock"
     assert k.config.cwd == first
-    assert k.config.ping_command == UnixPing(first / "k.sock")
+    assert k.config.ping == UnixPing(first / "k.sock")
 
 
 def test_relative_paths_still_name_the_same_files_after_chdir(tmp_path, monkeypatch, test_id):
@@ -400,7 +401,7 @@ def test_keyword_constructor_builds_the_same_daemon_as_the_builder(tmp_path):
         .ping_interval(0.2)
         .stop_signal("INT")
         .dont_stop_if_pid_file_invalid()
-        .daemonize_for_me()
+        .foreground()
         .keep_fds(0, 2)
         .env({"MODE": "test"})
         .cwd(tmp_path)
@@ -473,7 +474,7 @@ def test_keyword_ping_command_forms(tmp_path, option, expected):
         pid_file=tmp_path / "s.pid",
         log_file=tmp_path / "s.log",
     )
-    assert d.config.ping_command == expected
+    assert d.config.ping == expected
 
 
 def test_keyword_ping_command_invalid(tmp_path):
@@ -541,13 +542,13 @@ def test_actions_without_pid_file(tmp_path, action):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("missing", ["start_command", "ping_command", "pid_file", "log_file"])
+@pytest.mark.parametrize("missing", ["start_command", "ping", "pid_file", "log_file"])
 @pytest.mark.parametrize("action", ["start", "connect", "restart"])
 def test_start_like_actions_name_the_missing_part(tmp_path, missing, action):
     marker = tmp_path / "spawned"
     parts = {
         "start_command": lambda d: d.start_with(_touch_command(marker)),
-        "ping_command": lambda d: d.ping_tcp("127.0.0.1", free_port()),
+        "ping": lambda d: d.ping_tcp("127.0.0.1", free_port()),
         "pid_file": lambda d: d.pid(tmp_path / "d.pid"),
         "log_file": lambda d: d.log(tmp_path / "d.log"),
     }
@@ -614,7 +615,7 @@ def test_unix_ping_against_a_listener_a_dead_socket_and_no_file(tmp_path):
         listener.bind(str(path))
         listener.listen(8)
         assert UnixPing(path).check(2) is True
-        assert Daemon(NAME).ping_unix(path).config.ping_command.check(2) is True
+        assert Daemon(NAME).ping_unix(path).config.ping.check(2) is True
     # The socket file is still there, but nobody listens: refused.
     assert path.exists()
     assert UnixPing(path).check(2) is False
@@ -683,7 +684,7 @@ def test_command_ping_exit_status(tmp_path):
     assert CommandPing((sys.executable, "-c", "raise SystemExit(3)")).check(5) is False
     assert CommandPing((str(tmp_path / "no-such-program"),)).check(5) is False
     marker = tmp_path / "ready"
-    ping = Daemon(NAME).ping_command(f"test -e {marker}").config.ping_command
+    ping = Daemon(NAME).ping_command(f"test -e {marker}").config.ping
     assert ping.check(5) is False
     marker.touch()
     assert ping.check(5) is True

@@ -523,7 +523,7 @@ def test_command_staying_in_the_foreground_times_out_with_a_hint(echo):
         daemon.start()
     text = str(info.value)
     assert "foreground" in text
-    assert "daemonize_for_me" in text
+    assert ".foreground()" in text
     assert echo.marked() == []
     assert not echo.pid_file.exists()
 
@@ -567,7 +567,7 @@ def test_daemonize_for_me_detaches_a_foreground_program(echo, tmp_path):
                 "0.3",
             )
         )
-        .daemonize_for_me()
+        .foreground()
     )
     daemon.start()
     try:
@@ -595,7 +595,7 @@ def test_daemonize_for_me_program_failing_early(echo):
         .start_with(
             echo_command("--port", str(port), "--foreground", "--exit-before-daemonize", "5")
         )
-        .daemonize_for_me()
+        .foreground()
     )
     started = time.monotonic()
     with pytest.raises(StartError) as info:
@@ -617,7 +617,7 @@ def test_daemonize_for_me_keeps_the_programs_own_pid_file(echo):
     daemon = (
         echo(port=port)
         .start_with(["sh", "-c", f"{shlex.join(argv)}; echo program exited"])
-        .daemonize_for_me()
+        .foreground()
     )
     daemon.start()
     pid = pid_in_file(echo.pid_file)
@@ -808,7 +808,7 @@ def test_ping_http_with_a_foreground_http_server(echo, tmp_path):
         echo(port=port)
         .start_with([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"])
         .ping_http(f"http://127.0.0.1:{port}/")
-        .daemonize_for_me()
+        .foreground()
         .cwd(www)
     )
     daemon.start()

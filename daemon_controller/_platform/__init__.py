@@ -1,8 +1,8 @@
 """Everything that differs between operating systems, behind one interface.
 
-Only this package looks at ``sys.platform`` (a check type checkers understand).
-Both implementations import everywhere; called on the wrong OS they raise
-``NotImplementedError``.
+Only this package looks at ``sys.platform`` (a check type checkers understand),
+and only once: here, to choose the implementation. Both implementations
+import everywhere; each tells the type checker which platform it is for.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import sys
 if sys.platform == "win32":
     from ._windows import (
         DEFAULT_STOP_SIGNAL,
-        FORCE_SIGNAL_NAME,
         PASSTHROUGH_LOG_PATHS,
         SHELL_HAS_EXEC,
         ExitHandle,
@@ -33,7 +32,6 @@ if sys.platform == "win32":
 else:
     from ._posix import (
         DEFAULT_STOP_SIGNAL,
-        FORCE_SIGNAL_NAME,
         PASSTHROUGH_LOG_PATHS,
         SHELL_HAS_EXEC,
         ExitHandle,
@@ -54,7 +52,6 @@ else:
 
 __all__ = [
     "DEFAULT_STOP_SIGNAL",
-    "FORCE_SIGNAL_NAME",
     "PASSTHROUGH_LOG_PATHS",
     "SHELL_HAS_EXEC",
     "ExitHandle",

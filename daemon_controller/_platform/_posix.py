@@ -10,7 +10,13 @@ import stat
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import psutil
+
+# The type checker reads this module for POSIX only; it still imports on
+# Windows (the tests check), where nothing in it is called.
+assert sys.platform != "win32" or not TYPE_CHECKING  # noqa: S101 - a type-checker directive
 
 if sys.platform != "win32":  # this module imports on Windows too, as the tests check
     import fcntl
@@ -18,10 +24,8 @@ else:  # pragma: no cover - Windows
     fcntl = None
 
 DEFAULT_STOP_SIGNAL = "TERM"
-FORCE_SIGNAL_NAME = "SIGKILL"
 #: Whether ``sh -c "exec prog"`` works here (cmd.exe has no exec).
 SHELL_HAS_EXEC = True
-_WRONG_OS = "POSIX process control is not available on Windows"
 
 #: Log paths that mean "our own terminal": output written there is not a file
 #: we can read back, so the start command's output is not captured either.
@@ -36,8 +40,6 @@ def parse_signal(value: str | int) -> int:
     Raises:
         ValueError: The name or number is not a signal on this platform.
     """
-    if sys.platform == "win32":  # pragma: no cover - the other OS
-        raise NotImplementedError(_WRONG_OS)
     if isinstance(value, int):
         try:
             return int(signal.Signals(value))
@@ -69,8 +71,6 @@ def send_signal(pid: int, signum: int, *, group: bool = False) -> None:
         ProcessLookupError: No such process.
         PermissionError: The process belongs to somebody we may not signal.
     """
-    if sys.platform == "win32":  # pragma: no cover - the other OS
-        raise NotImplementedError(_WRONG_OS)
     if pid <= 1:  # never the whole session, init, or "every process we may signal"
         msg = f"refusing to signal PID {pid}"
         raise ValueError(msg)
@@ -82,8 +82,6 @@ def send_signal(pid: int, signum: int, *, group: bool = False) -> None:
 
 def leads_group(pid: int) -> bool:
     """Whether ``pid`` leads its own process group (as the daemons we detach do)."""
-    if sys.platform == "win32":  # pragma: no cover - the other OS
-        raise NotImplementedError(_WRONG_OS)
     try:
         return os.getpgid(pid) == pid
     except OSError:
@@ -92,10 +90,6 @@ def leads_group(pid: int) -> bool:
 
 def group_alive(pgid: int) -> bool:
     """Whether any process of group ``pgid`` is still running (zombies are not)."""
-    if sys.platform == "win32":  # pragma: no cover - the other OS
-        raise NotImplementedError(_WRONG_OS)
-    import psutil  # noqa: PLC0415 - this module stays light to import
-
     for pid in psutil.pids():
         try:
             if os.getpgid(pid) == pgid and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
@@ -107,8 +101,6 @@ def group_alive(pgid: int) -> bool:
 
 def force_kill(pid: int, *, group: bool = False) -> None:
     """Kill ``pid`` (or its group) with SIGKILL; already gone is not an error."""
-    if sys.platform == "win32":  # pragma: no cover - the other OS
-        raise NotImplementedError(_WRONG_OS)
     with contextlib.suppress(ProcessLookupError):
         send_signal(pid, signal.SIGKILL, group=group)
 
@@ -128,8 +120,6 @@ def detach_kwargs(user: str | None = None) -> dict[str, Any]:
         LookupError: No such user.
         PermissionError: Not root, and ``user`` is somebody else.
     """
-    if sys.platform == "win32":  # pragma: no cover - the other OS
-        raise NotImplementedError(_WRONG_OS)
     kwargs: dict[str, Any] = {"start_new_session": True}
     if user is None:
         return kwargs
@@ -153,8 +143,6 @@ def detach_kwargs(user: str | None = None) -> dict[str, Any]:
 
 def user_environment(user: str) -> dict[str, str]:
     """``HOME``, ``USER`` and ``LOGNAME`` for ``user`` (what ``runuser`` would set)."""
-    if sys.platform == "win32":  # pragma: no cover - the other OS
-        raise NotImplementedError(_WRONG_OS)
     import pwd  # noqa: PLC0415 - only for .user()
 
     try:
@@ -178,8 +166,6 @@ def wait_exit(pid: int, timeout: float) -> bool | None:
         first, ``None`` if it cannot be waited for by event (no pidfd here, or
         the PID is already gone): the caller polls instead.
     """
-    if sys.platform == "win32":  # pragma: no cover - the other OS
-        raise NotImplementedError(_WRONG_OS)
     handle = exit_handle(pid)
     if handle is None:
         return None
@@ -200,8 +186,6 @@ def runtime_dir() -> Path:
     Raises:
         PermissionError: The directory exists but is not safe to use.
     """
-    if sys.platform == "win32":  # pragma: no cover - the other OS
-        raise NotImplementedError(_WRONG_OS)
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     if xdg and Path(xdg).is_dir():
         path = Path(xdg) / "daemon-controller"
@@ -225,8 +209,6 @@ def lock_fd(fd: int, *, shared: bool, blocking: bool = True) -> bool:
     Returns:
         ``False`` if ``blocking`` is false and a conflicting lock is held.
     """
-    if sys.platform == "win32":  # pragma: no cover - the other OS
-        raise NotImplementedError(_WRONG_OS)
     operation = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
     if not blocking:
         operation |= fcntl.LOCK_NB
@@ -239,8 +221,6 @@ def lock_fd(fd: int, *, shared: bool, blocking: bool = True) -> bool:
 
 def unlock_fd(fd: int) -> None:
     """Release a lock taken with :func:`lock_fd`."""
-    if sys.platform == "win32":  # pragma: no cover - the other OS
-        raise NotImplementedError(_WRONG_OS)
     fcntl.flock(fd, fcntl.LOCK_UN)
 
 
@@ -264,8 +244,6 @@ class ExitHandle:
         self.close()
 
     def _poll(self, milliseconds: int) -> bool:
-        if sys.platform == "win32":  # pragma: no cover - the other OS
-            raise NotImplementedError(_WRONG_OS)
         if self._fd < 0:
             msg = "exit handle used after close()"
             raise ValueError(msg)
@@ -300,8 +278,6 @@ def exit_handle(pid: int) -> ExitHandle | None:
     pidfd still reports the old process as exited. That makes it a cheap and
     exact liveness check for a PID we have verified once.
     """
-    if sys.platform == "win32":  # pragma: no cover - the other OS
-        raise NotImplementedError(_WRONG_OS)
     pidfd_open = getattr(os, "pidfd_open", None)
     if pidfd_open is None:
         return None

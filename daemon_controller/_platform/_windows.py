@@ -9,12 +9,15 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
+# The type checker reads this module for Windows only; it still imports
+# elsewhere (the tests check), where nothing in it is called.
+assert sys.platform == "win32" or not TYPE_CHECKING  # noqa: S101 - a type-checker directive
+
 DEFAULT_STOP_SIGNAL = "CTRL_BREAK_EVENT"
-FORCE_SIGNAL_NAME = "TerminateProcess"
 #: Whether ``sh -c "exec prog"`` works here (cmd.exe has no exec).
 SHELL_HAS_EXEC = False
 _WRONG_OS = "Windows process control is only available on Windows"
@@ -32,8 +35,6 @@ def parse_signal(value: str | int) -> int:
     Raises:
         ValueError: Not a signal or console event Windows knows.
     """
-    if sys.platform != "win32":  # pragma: no cover - the other OS
-        raise NotImplementedError(_WRONG_OS)
     if isinstance(value, int):
         return value
     name = value.strip().upper()
@@ -47,8 +48,6 @@ def parse_signal(value: str | int) -> int:
 
 def signal_name(signum: int) -> str:
     """Return a readable name for a signal or console event number."""
-    if sys.platform != "win32":  # pragma: no cover - the other OS
-        raise NotImplementedError(_WRONG_OS)
     for name in sorted(_NAMES):
         if getattr(signal, name, None) == signum:
             return name
@@ -65,8 +64,6 @@ def send_signal(pid: int, signum: int, *, group: bool = False) -> None:
     waiting ``stop_timeout`` for an event that never arrives helps nobody.
     ``group`` makes no difference: an event already reaches the whole group.
     """
-    if sys.platform != "win32":
-        raise NotImplementedError(_WRONG_OS)
     del group
     if pid <= 0:
         msg = f"refusing to signal PID {pid}"
@@ -87,8 +84,6 @@ def send_signal(pid: int, signum: int, *, group: bool = False) -> None:
 
 def leads_group(pid: int) -> bool:
     """Process groups are not signalled separately on Windows."""
-    if sys.platform != "win32":
-        raise NotImplementedError(_WRONG_OS)
     del pid
     return False
 
@@ -101,8 +96,6 @@ def group_alive(pgid: int) -> bool:
 
 def force_kill(pid: int, *, group: bool = False) -> None:
     """TerminateProcess ``pid`` (and, with ``group``, its children); gone is not an error."""
-    if sys.platform != "win32":  # pragma: no cover - the other OS
-        raise NotImplementedError(_WRONG_OS)
     try:
         process = psutil.Process(pid)
         victims = [*process.children(recursive=True), process] if group else [process]
@@ -120,8 +113,6 @@ def detach_kwargs(user: str | None = None) -> dict[str, Any]:
     us). No DETACHED_PROCESS: a console event only reaches processes attached
     to the sender's console, so a detached child could only be terminated.
     """
-    if sys.platform != "win32":
-        raise NotImplementedError(_WRONG_OS)
     if user is not None:
         msg = "running a daemon as another user (.user()) is POSIX-only"
         raise NotImplementedError(msg)
@@ -140,8 +131,6 @@ def wait_exit(pid: int, timeout: float) -> bool | None:
     Returns:
         ``True`` if the process has exited, ``False`` if the timeout passed first.
     """
-    if sys.platform != "win32":  # pragma: no cover - the other OS
-        raise NotImplementedError(_WRONG_OS)
     try:
         psutil.Process(pid).wait(timeout)
     except psutil.NoSuchProcess:
@@ -153,8 +142,6 @@ def wait_exit(pid: int, timeout: float) -> bool | None:
 
 def runtime_dir() -> Path:
     """A per-user directory for PID, lock and log files we choose ourselves."""
-    if sys.platform != "win32":
-        raise NotImplementedError(_WRONG_OS)
     base = os.environ.get("LOCALAPPDATA") or tempfile.gettempdir()
     path = Path(base) / "daemon-controller"
     path.mkdir(exist_ok=True)
@@ -167,8 +154,6 @@ def lock_fd(fd: int, *, shared: bool, blocking: bool = True) -> bool:
     Returns:
         ``False`` if ``blocking`` is false and a conflicting lock is held.
     """
-    if sys.platform != "win32":
-        raise NotImplementedError(_WRONG_OS)
     import portalocker  # noqa: PLC0415 - Windows only; costs import time elsewhere
 
     flags = portalocker.LockFlags.SHARED if shared else portalocker.LockFlags.EXCLUSIVE
@@ -187,8 +172,6 @@ def lock_fd(fd: int, *, shared: bool, blocking: bool = True) -> bool:
 
 def unlock_fd(fd: int) -> None:
     """Release a lock taken with :func:`lock_fd`."""
-    if sys.platform != "win32":
-        raise NotImplementedError(_WRONG_OS)
     import portalocker  # noqa: PLC0415 - Windows only
 
     portalocker.unlock(fd)
@@ -213,7 +196,5 @@ class ExitHandle:
 
 def exit_handle(pid: int) -> ExitHandle | None:
     """No cheap exit handle here: liveness is checked through psutil each time."""
-    if sys.platform != "win32":
-        raise NotImplementedError(_WRONG_OS)
     del pid
     return None

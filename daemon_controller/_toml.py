@@ -20,48 +20,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._daemon import Daemon
+from ._errors import ConfigError
 from ._probes import CommandPing
-from ._spec import Daemon
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
 CONFIG_NAMES = ("daemons.toml", "pyproject.toml")
-
-
-class ConfigError(ValueError):
-    """A daemons file that cannot be used: says which file, daemon and key.
-
-    Attributes:
-        path: The file.
-        daemon: The daemon's name, or ``None`` for a file-level problem.
-        key: The key at fault, or ``None``.
-        problem: What is wrong, in words.
-    """
-
-    def __init__(
-        self, path: Path, problem: str, *, daemon: str | None = None, key: str | None = None
-    ) -> None:
-        self.path = path
-        self.daemon = daemon
-        self.key = key
-        self.problem = problem
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        where = str(self.path)
-        if self.daemon is not None:
-            where += f": daemon {self.daemon!r}"
-        if self.key is not None:
-            where += f", key {self.key!r}"
-        return f"{where}: {self.problem}"
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (self.path, self.problem, self.daemon, self.key))
-
-
-def _rebuild(path: Path, problem: str, daemon: str | None, key: str | None) -> ConfigError:
-    return ConfigError(path, problem, daemon=daemon, key=key)
 
 
 @dataclass(frozen=True)
@@ -273,9 +239,9 @@ class _Reader:
 
     def in_base(self, daemon: Daemon) -> Daemon:
         """A ping command runs in the file's directory, like the other commands."""
-        probe = daemon.config.ping_command
+        probe = daemon.config.ping
         assert isinstance(probe, CommandPing)  # noqa: S101 - just set by ping_command()
-        return daemon._with(ping_command=replace(probe, cwd=self.base))  # noqa: SLF001 - same package
+        return daemon._with(ping=replace(probe, cwd=self.base))  # noqa: SLF001 - same package
 
     def daemon(self, options: dict[str, Any]) -> tuple[Daemon, tuple[str, ...]]:
         for required in ("start", "ping"):
@@ -289,6 +255,8 @@ class _Reader:
                 continue
             setter = _SETTERS.get(key)
             if setter is None:
+                if key in _RUBY_NAMES:
+                    raise self.fail(key, f"unknown key; did you mean {_RUBY_NAMES[key]!r}?")
                 known = ", ".join(sorted([*_SETTERS, "after"]))
                 raise self.fail(key, f"unknown key (known keys: {known})")
             try:
@@ -302,7 +270,7 @@ class _Reader:
 
     def require_files(self, daemon: Daemon, options: dict[str, Any]) -> None:
         """Only a program we run in the foreground gets default PID and log files."""
-        if daemon.config.daemonize_for_me:
+        if daemon.config.foreground:
             return
         for required in ("pid", "log"):
             if required not in options:
@@ -328,11 +296,24 @@ _SETTERS: dict[str, Callable[[_Reader, Daemon, object], Daemon]] = {
     ),
     "ping_interval": lambda r, d, v: d.ping_interval(r.number("ping_interval", v)),
     "stop_signal": lambda r, d, v: d.stop_signal(r.signal("stop_signal", v)),
-    "foreground": lambda r, d, v: d.daemonize_for_me(r.flag("foreground", v)),
-    "daemonize_for_me": lambda r, d, v: d.daemonize_for_me(r.flag("daemonize_for_me", v)),
+    "foreground": lambda r, d, v: d.foreground(r.flag("foreground", v)),
     "dont_stop_if_pid_file_invalid": lambda r, d, v: d.dont_stop_if_pid_file_invalid(
         r.flag("dont_stop_if_pid_file_invalid", v)
     ),
     "user": lambda r, d, v: d.user(r.text("user", v)),
     "env": lambda r, d, v: d.env(r.env("env", v)),
+}
+
+#: The Ruby gem's option names, which are not keys here: each has one name, ours.
+_RUBY_NAMES = {
+    "daemonize_for_me": "foreground",
+    "start_command": "start",
+    "stop_command": "stop",
+    "restart_command": "restart",
+    "ping_command": "ping",
+    "pid_file": "pid",
+    "log_file": "log",
+    "lock_file": "lock",
+    "log_file_activity_timeout": "log_activity_timeout",
+    "stop_graceful_signal": "stop_signal",
 }

@@ -1,0 +1,250 @@
+"""The actions: start, stop, restart, connect, read_pid; and the lock choreography.
+
+Each action takes a :class:`~daemon_controller._options.Target` (what it needs
+of a daemon, proven present) and keeps its runtime state in local objects, so
+one ``Daemon`` can be used from many threads.
+
+Locking follows the Ruby gem: start, stop and restart hold the lock file
+exclusively throughout; read_pid (and so is_running) and the first connect
+attempt hold it shared, so they see a daemon either before a start or after
+it, never half-way.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, TypeVar
+
+from . import _commands, _failures, _lock, _options, _ownership, _pidfile, _stop
+from ._errors import AlreadyStarted, ConnectError, StartError, StartTimeout
+from ._probes import holder, is_connect_error
+from ._start import Start
+from ._waiting import SYSTEM_CLOCK, Deadline, poll_until
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ._options import Command, StartTarget, Target
+    from ._probes import Probe
+
+T = TypeVar("T")
+
+#: How often connect() tries the lock without queueing before it queues.
+_CONNECT_ROUNDS = 20
+
+
+# -- start ---------------------------------------------------------------------------------
+
+
+def _start_command(target: StartTarget) -> Command:
+    command = target.command
+    if callable(command):
+        return _options.command(target.name, "the start command function's result", command())
+    return command
+
+
+def _refuse_stranger(target: StartTarget) -> None:
+    """Fail if something already answers the ping although our daemon is not running.
+
+    Otherwise the new daemon would fail to bind (or worse, start() would report
+    success because the stranger answers) and the caller would talk to
+    whatever holds the port.
+    """
+    probe = target.probe
+    if not probe.check(0.5):
+        return
+    who = holder(probe)
+    where = f" by {who}" if who else ""
+    msg = (
+        f"Daemon '{target.name}' cannot be started: {probe.describe()} is already answered"
+        f"{where}, which is not the process in its PID file "
+        f"{str(target.files.pid)!r}. Stop that process or use another address."
+    )
+    raise StartError(target.name, msg, reason="address in use", ran=False)
+
+
+def start_locked(target: StartTarget) -> None:
+    """Start the daemon; the caller holds the exclusive lock."""
+    pid_file = target.files.pid
+    running = _pidfile.live_pid(pid_file)
+    if running is not None:
+        raise AlreadyStarted(target.name, running)
+    _pidfile.remove(pid_file)  # leftover from a crash, or stale
+    _refuse_stranger(target)
+    if target.config.before_start is not None:
+        target.config.before_start()
+    Start(target, _start_command(target), SYSTEM_CLOCK).run()
+
+
+def start(target: StartTarget) -> None:
+    """See :meth:`Daemon.start`."""
+    with _lock.locked(target.files.lock, target.name, shared=False):
+        start_locked(target)
+
+
+def ensure_running_locked(target: StartTarget, since: int) -> bool:
+    """Start the daemon unless it runs; share a failure with those who waited for it.
+
+    The caller holds the exclusive lock.
+
+    Args:
+        target: The daemon.
+        since: When the caller began waiting (``_failures.now()``): a start
+            attempt that failed after that moment is the one the caller was
+            waiting for, so its error is raised again instead of spawning anew.
+
+    Returns:
+        ``True`` if this call started the daemon, ``False`` if it was running.
+    """
+    files = target.files
+    if _pidfile.live_pid(files.pid) is not None:
+        return False
+    shared = _failures.recorded_since(files, since)
+    if shared is not None:
+        target.config.logger.info(
+            "Daemon '%s': the start this call waited for failed; not retrying", target.name
+        )
+        raise shared
+    try:
+        start_locked(target)
+    except StartError as err:
+        _failures.write(files, err)
+        raise
+    _failures.clear(files)
+    return True
+
+
+# -- stop and restart -------------------------------------------------------------------------
+
+
+def stop(target: Target) -> None:
+    """See :meth:`Daemon.stop`."""
+    with _lock.locked(target.files.lock, target.name, shared=False):
+        _stop.stop_locked(target, SYSTEM_CLOCK)
+
+
+def restart(target: StartTarget) -> None:
+    """See :meth:`Daemon.restart` without a restart command: stop, then start, atomically."""
+    with _lock.locked(target.files.lock, target.name, shared=False):
+        before = _pidfile.read_pid(target.files.pid)
+        _stop.stop_locked(target, SYSTEM_CLOCK)
+        start_locked(target)
+        _ownership.owner_follows(target, before)
+
+
+def restart_with(target: Target, command: Command, probe: Probe) -> None:
+    """See :meth:`Daemon.restart` with a restart command: run it, wait until it answers."""
+    cfg = target.config
+    pid_file = target.files.pid
+    with _lock.locked(target.files.lock, target.name, shared=False):
+        before = _pidfile.read_pid(pid_file)
+        deadline = Deadline(cfg.start_timeout, SYSTEM_CLOCK)
+        cfg.logger.info("Restarting daemon '%s' with its restart command", target.name)
+        result = _commands.run(cfg, command, deadline.remaining())
+        if result.returncode != 0:
+            status, signame = (
+                (None, None)
+                if result.returncode is None
+                else _commands.describe_exit(result.returncode)
+            )
+            msg = f"Daemon '{target.name}' could not be restarted: the restart command failed."
+            raise StartError(
+                target.name, msg, output=result.output, exit_status=status, signal=signame
+            )
+
+        def ready() -> bool | None:
+            return True if _pidfile.live_pid(pid_file) is not None and probe.check(0.5) else None
+
+        if not poll_until(ready, deadline=deadline, max_interval=cfg.ping_interval):
+            msg = (
+                f"Daemon '{target.name}' did not answer {probe.describe()} within "
+                f"{cfg.start_timeout:g} s after its restart command."
+            )
+            raise StartTimeout(target.name, msg, timeout=cfg.start_timeout, output=result.output)
+        _ownership.owner_follows(target, before)
+
+
+# -- queries ---------------------------------------------------------------------------------
+
+
+def read_pid(target: Target) -> int | None:
+    """See :meth:`Daemon.read_pid`; also the body of ``is_running()``.
+
+    The hot path: a cached lock file's ``fstat`` and two ``flock`` calls, the
+    PID file's ``stat`` and one ``poll``.
+    """
+    pid_file = target.files.pid
+    with _lock.locked(target.files.lock, target.name, shared=True, missing_dir_ok=True):
+        pid = _pidfile.live_pid(pid_file)
+        if pid is None:
+            _stop.remove_stale(pid_file)
+    return pid
+
+
+# -- connect ---------------------------------------------------------------------------------
+
+
+def _attempt(function: Callable[[], T | None]) -> tuple[T | None, OSError | None]:
+    try:
+        return function(), None
+    except OSError as err:
+        if is_connect_error(err):
+            return None, err
+        raise
+
+
+def _start_and_connect(
+    target: StartTarget, function: Callable[[], T | None], since: int
+) -> tuple[T | None, OSError | None]:
+    """The daemon did not answer: start it (or wait for whoever is starting it), then connect.
+
+    Nobody busy with the lock: take it exclusively and start the daemon if it
+    is not running; the caller that starts it connects under the exclusive
+    lock, as in the gem, so no stop() slips in between.
+
+    The lock busy (most likely somebody starting the daemon): wait for it in
+    *shared* mode and connect alongside the other waiters. Sixteen callers of
+    a starting daemon then connect at the same moment instead of taking the
+    exclusive lock one after another (an exclusive waiter must also wait for
+    every reader, so it would come last). If the daemon is still not running
+    and nobody's start failed meanwhile, try the exclusive lock again; after a
+    few rounds, queue for it.
+    """
+    name, files = target.name, target.files
+    for _ in range(_CONNECT_ROUNDS):
+        exclusive = _lock.locked(files.lock, name, shared=False)
+        if exclusive.enter(blocking=False):
+            try:
+                if ensure_running_locked(target, since):
+                    return _attempt(function)
+            finally:
+                exclusive.__exit__()
+        with _lock.locked(files.lock, name, shared=True):
+            if _pidfile.live_pid(files.pid) is not None:
+                result, error = _attempt(function)
+                if result is not None:
+                    return result, error
+                break  # running, yet no answer: one last try under the exclusive lock
+            shared = _failures.recorded_since(files, since)
+            if shared is not None:
+                raise shared
+    # A stop() slipped in, or the lock stayed busy: queue for it this time.
+    with _lock.locked(files.lock, name, shared=False):
+        ensure_running_locked(target, since)
+        return _attempt(function)
+
+
+def connect(target: StartTarget, function: Callable[[], T | None]) -> T:
+    """See :meth:`Daemon.connect`."""
+    # Taken before the first attempt: a caller queued behind a start in progress
+    # (even for the shared lock) is waiting for that start, and shares its failure.
+    since = _failures.now()
+    with _lock.locked(target.files.lock, target.name, shared=True):
+        result, _ = _attempt(function)
+    if result is not None:
+        return result
+    result, error = _start_and_connect(target, function, since)
+    if result is not None:
+        return result
+    detail = f": {error} ({type(error).__name__})" if error is not None else ""
+    msg = f"Daemon '{target.name}' is running but cannot be connected to{detail}"
+    raise ConnectError(target.name, msg) from error

@@ -1,0 +1,171 @@
+"""Running the user's commands: environment, argv or shell, spawning, waiting.
+
+Output goes to files, never to pipes: a command that starts a daemon leaves the
+daemon holding its stdout, and reading a pipe to EOF would wait for the daemon
+to exit.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING, Any
+
+from . import _platform, _tracking
+from ._options import command_text
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from ._options import Command, DaemonConfig
+
+
+def environment(config: DaemonConfig, marker: str | None = None) -> dict[str, str] | None:
+    """The environment for a command: ours, the user's (``.user()``), ``.env()``, the marker.
+
+    ``None`` (inherit ours unchanged) when there is nothing to add.
+    """
+    if not config.env and marker is None and config.user is None:
+        return None
+    env = dict(os.environ)
+    if config.user is not None:
+        env.update(_platform.user_environment(config.user))
+    env.update(config.env)
+    if marker is not None:
+        env[_tracking.MARKER] = marker
+    return env
+
+
+def spawn_kwargs(config: DaemonConfig) -> dict[str, Any]:
+    """Platform ``Popen`` arguments: a session of its own, and ``.user()``.
+
+    Raises:
+        OSError: The user does not exist or may not be switched to, so that
+            the callers' spawn-failure paths report it like a failed exec.
+    """
+    try:
+        return _platform.detach_kwargs(config.user)
+    except (LookupError, PermissionError, NotImplementedError) as err:
+        raise OSError(str(err)) from err
+
+
+def popen_args(command: Command) -> tuple[str | Sequence[str], bool]:
+    """``(args, shell)`` for ``Popen``: a str runs through the shell, a tuple does not."""
+    return (command, True) if isinstance(command, str) else (list(command), False)
+
+
+_SHELL_SYNTAX = re.compile(r"[;&|<>()`$\n{}*?\[\]~#]|^\s*\w+=")
+
+
+def exec_in_shell(command: str) -> str:
+    """``exec <command>`` for a simple shell command run in the foreground.
+
+    dash (``/bin/sh`` on Debian) forks for ``sh -c "program args"``, so the
+    PID we see would be the shell's, and stopping it would leave the program
+    running. ``exec`` makes the shell become the program. Commands using shell
+    syntax (pipes, ``&&``, redirections, variables, ``VAR=value`` prefixes)
+    are left alone; their process group is signalled on stop instead.
+    """
+    return command if _SHELL_SYNTAX.search(command) else f"exec {command}"
+
+
+def describe_exit(returncode: int) -> tuple[int | None, str | None]:
+    """``(exit_status, signal_name)`` from a ``subprocess`` return code."""
+    if returncode < 0:
+        return None, _platform.signal_name(-returncode)
+    return returncode, None
+
+
+def read_output(handle: IO[bytes]) -> str:
+    """Everything written to a temporary output file, as text."""
+    handle.seek(0)
+    return handle.read().decode("utf-8", errors="replace")
+
+
+@dataclass(slots=True)
+class CommandResult:
+    """How a stop or restart command ended.
+
+    Attributes:
+        returncode: As in ``subprocess``; ``None`` when we killed it after its timeout.
+        output: Its stdout and stderr together.
+    """
+
+    returncode: int | None
+    output: str
+
+
+def run(config: DaemonConfig, command: Command, timeout: float) -> CommandResult:
+    """Run a stop or restart command to completion, capturing its output.
+
+    A command that cannot be executed is reported as a shell would report it
+    (status 127). One still running after ``timeout`` seconds is killed with
+    its process group.
+    """
+    args, shell = popen_args(command)
+    with tempfile.TemporaryFile() as out:
+        try:
+            proc = subprocess.Popen(
+                args,
+                shell=shell,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=environment(config),
+                cwd=config.cwd,
+                **spawn_kwargs(config),
+            )
+        except OSError as err:
+            return CommandResult(127, f"cannot run {command_text(command)}: {err}")
+        try:
+            returncode: int | None = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _platform.force_kill(proc.pid, group=True)
+            proc.wait()
+            returncode = None
+        except BaseException:
+            _platform.force_kill(proc.pid, group=True)
+            proc.wait()
+            raise
+        return CommandResult(returncode, read_output(out))
+
+
+def spawn(
+    config: DaemonConfig,
+    command: Command,
+    *,
+    stdout: IO[bytes] | None,
+    marker: str,
+    foreground: bool,
+) -> subprocess.Popen[bytes]:
+    """Start a start command (or a foreground program) in a session of its own.
+
+    Args:
+        config: For the environment, working directory, user and kept descriptors.
+        command: What to run; a simple shell command run in the foreground is
+            ``exec``-ed so that its PID is the program's.
+        stdout: Where its stdout and stderr go; ``None``: to ours.
+        marker: The environment marker its descendants are recognised by.
+        foreground: The program stays in the foreground (it is the daemon).
+
+    Raises:
+        OSError: It could not be executed.
+    """
+    args, shell = popen_args(command)
+    if foreground and isinstance(args, str) and _platform.SHELL_HAS_EXEC:
+        args = exec_in_shell(args)
+    return subprocess.Popen(
+        args,
+        shell=shell,
+        stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=subprocess.STDOUT if stdout is not None else None,
+        env=environment(config, marker),
+        cwd=config.cwd,
+        close_fds=True,
+        pass_fds=config.keep_fds,
+        **spawn_kwargs(config),
+    )

@@ -1,0 +1,239 @@
+"""A daemon's options: their types, their validation, and what an action needs of them.
+
+:class:`DaemonConfig` holds every option under one name, the builder's (the
+Ruby gem's names live only in :func:`~daemon_controller.DaemonController`).
+The actions never see a bare config: they take a :class:`Target` or a
+:class:`StartTarget`, made by :func:`target` and :func:`start_target`, whose
+required parts are proven present, so nothing further down re-checks them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import _platform
+from ._files import DaemonFiles
+
+if TYPE_CHECKING:
+    from ._probes import Probe
+
+#: A command: a str runs through the shell, a tuple is an argv run without one.
+Command = str | tuple[str, ...]
+#: What ``start_with`` takes: a command, or a function returning one (called
+#: after ``before_start``, under the lock).
+StartCommand = Command | Callable[[], str | Sequence[str]]
+PathArg = str | os.PathLike[str]
+
+
+def absolute(path: PathArg) -> Path:
+    """``path`` made absolute now, so a later ``os.chdir()`` does not change its meaning."""
+    return Path(os.path.abspath(os.fspath(path)))
+
+
+def command(identifier: str, what: str, value: str | Sequence[str | os.PathLike[str]]) -> Command:
+    """Check a command: a non-empty str, or a non-empty sequence of str (made a tuple).
+
+    Raises:
+        ValueError: It is empty.
+        TypeError: It is neither a str nor a sequence of str.
+    """
+    if isinstance(value, str):
+        if not value.strip():
+            msg = f"Daemon '{identifier}': {what} is an empty string"
+            raise ValueError(msg)
+        return value
+    if isinstance(value, bytes):
+        msg = f"Daemon '{identifier}': {what} must be a str or a sequence of str, not bytes"
+        raise TypeError(msg)
+    try:
+        argv = tuple(os.fspath(part) for part in value)
+    except TypeError:
+        msg = f"Daemon '{identifier}': {what} must be a str or a sequence of str, not {value!r}"
+        raise TypeError(msg) from None
+    if not argv:
+        msg = f"Daemon '{identifier}': {what} is an empty argument list"
+        raise ValueError(msg)
+    if not all(isinstance(part, str) for part in argv):
+        msg = f"Daemon '{identifier}': every argument of {what} must be a str"
+        raise TypeError(msg)
+    return argv
+
+
+def command_text(value: Command) -> str:
+    """A command as a person would type it, for messages."""
+    return value if isinstance(value, str) else " ".join(value)
+
+
+def probe(identifier: str, kind: Callable[..., Probe], *args: object) -> Probe:
+    """Build a probe; an error about its arguments names the daemon."""
+    try:
+        return kind(*args)
+    except (ValueError, TypeError) as err:
+        msg = f"Daemon '{identifier}': {err}"
+        raise type(err)(msg) from None
+
+
+def seconds(identifier: str, what: str, value: float, *, allow_zero: bool = True) -> float:
+    """Check a duration in seconds: a non-negative number (positive unless ``allow_zero``).
+
+    Raises:
+        TypeError: Not a number.
+        ValueError: Negative, NaN, or zero where zero makes no sense.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        msg = f"Daemon '{identifier}': {what} must be a number of seconds, not {value!r}"
+        raise TypeError(msg)
+    if value < 0 or (value == 0 and not allow_zero) or value != value:  # noqa: PLR0124 - NaN check
+        least = "at least 0" if allow_zero else "more than 0"
+        msg = f"Daemon '{identifier}': {what} must be {least} seconds, not {value!r}"
+        raise ValueError(msg)
+    return float(value)
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonConfig:
+    """Every option of a daemon, named as the builder methods that set them. Times in seconds.
+
+    Attributes:
+        start_command: How to start the daemon: a str (run through the shell), an
+            argv tuple (run directly), or a function returning either.
+        stop_command: How to stop it; ``None`` sends ``stop_signal``.
+        restart_command: How to restart it; ``None`` means stop, then start.
+        ping: How to tell that it is ready to serve.
+        pid_file: Where the daemon writes its PID.
+        log_file: Where the daemon writes its log; read for error messages.
+        lock_file: The lock serialising starts and stops; ``None`` means the PID
+            file's path with ``.lock`` added.
+        before_start: Called under the lock right before the start command; not
+            counted against ``start_timeout``.
+        start_timeout: Longest a start may take, including waiting for the
+            daemon to answer pings.
+        start_abort_timeout: After a failed start, how long what it started
+            gets to exit after SIGTERM before it is killed.
+        stop_timeout: Longest a stop may take before the daemon is killed.
+        log_activity_timeout: While waiting for the PID file of a daemon that
+            went into the background: if its log file did not change for this
+            long, the daemon is taken to have died.
+        ping_interval: The longest pause between two pings while waiting.
+        stop_signal: The signal a stop sends when there is no stop command.
+        dont_stop_if_pid_file_invalid: Do not run the stop command when the PID
+            file does not name a running process.
+        foreground: The program stays in the foreground; the library detaches
+            it, captures its output as its log and writes its PID file.
+        keep_fds: File descriptors the start command inherits besides 0, 1 and 2.
+        env: Extra environment variables for the start, stop and restart commands.
+        cwd: The working directory for those commands; ``None`` keeps ours.
+        user: Run those commands as this user (POSIX, when we are root).
+        logger: Where the library logs what it does.
+    """
+
+    start_command: StartCommand | None = None
+    stop_command: Command | None = None
+    restart_command: Command | None = None
+    ping: Probe | None = None
+    pid_file: Path | None = None
+    log_file: Path | None = None
+    lock_file: Path | None = None
+    before_start: Callable[[], object] | None = None
+    start_timeout: float = 30.0
+    start_abort_timeout: float = 10.0
+    stop_timeout: float = 30.0
+    log_activity_timeout: float = 10.0
+    ping_interval: float = 0.1
+    stop_signal: str | int = _platform.DEFAULT_STOP_SIGNAL
+    dont_stop_if_pid_file_invalid: bool = False
+    foreground: bool = False
+    keep_fds: tuple[int, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    cwd: Path | None = None
+    user: str | None = None
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("daemon_controller"))
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A daemon as the actions that read or stop it see it: its files are known.
+
+    Attributes:
+        name: The daemon's name, for messages.
+        config: All its options.
+        files: Its PID, lock and side files.
+    """
+
+    name: str
+    config: DaemonConfig
+    files: DaemonFiles
+
+
+@dataclass(frozen=True, slots=True)
+class StartTarget(Target):
+    """A daemon as the actions that start it see it: everything a start needs is set.
+
+    Attributes:
+        command: The start command (or the function returning it).
+        probe: The readiness check.
+        log_file: The daemon's log.
+    """
+
+    command: StartCommand
+    probe: Probe
+    log_file: Path
+
+
+_HINTS = {
+    "start_command": "start_with(...)",
+    "ping": "ping_tcp(...), ping_unix(...), ping_http(...), ping_command(...) or ping(...)",
+    "pid_file": "pid(...)",
+    "log_file": "log(...)",
+}
+
+
+def _missing(name: str, config: DaemonConfig, parts: tuple[str, ...]) -> ValueError:
+    missing = [part for part in parts if getattr(config, part) is None]
+    hints = "; ".join(f"{part}: set it with .{_HINTS[part]}" for part in missing)
+    return ValueError(f"Daemon '{name}' is missing {', '.join(missing)} ({hints})")
+
+
+def target(name: str, config: DaemonConfig) -> Target:
+    """What ``stop()``, ``is_running()`` and ``read_pid()`` need: the PID file.
+
+    Raises:
+        ValueError: The PID file is not set (the message says how to set it).
+    """
+    if config.pid_file is None:
+        raise _missing(name, config, ("pid_file",))
+    return Target(name, config, DaemonFiles.of(config.pid_file, config.lock_file))
+
+
+def start_target(name: str, config: DaemonConfig) -> StartTarget:
+    """What a start needs: a start command, a ping, a PID file and a log file.
+
+    Raises:
+        ValueError: Any of them is not set (the message names each, and how to set it).
+    """
+    cmd, probe, pid_file, log_file = (
+        config.start_command,
+        config.ping,
+        config.pid_file,
+        config.log_file,
+    )
+    if cmd is None or probe is None or pid_file is None or log_file is None:
+        raise _missing(name, config, ("start_command", "ping", "pid_file", "log_file"))
+    files = DaemonFiles.of(pid_file, config.lock_file)
+    return StartTarget(name, config, files, cmd, probe, log_file)
+
+
+def ping_of(name: str, config: DaemonConfig) -> Probe:
+    """The ping, which a restart by restart command needs.
+
+    Raises:
+        ValueError: No ping is set.
+    """
+    if config.ping is None:
+        raise _missing(name, config, ("ping",))
+    return config.ping
