@@ -489,14 +489,20 @@ class Child:
             reader.join(timeout=30)
         return self.proc.returncode
 
+    def unread_messages(self) -> list[Any]:
+        """Once the child has exited (see :meth:`wait`): the messages not read yet."""
+        unread = []
+        while (line := self._messages.get(timeout=30)) is not None:
+            unread.append(json.loads(line))
+        self._messages.put(None)
+        return unread
+
     def finish(self, timeout: float = 60.0) -> Any:
         """Wait for a successful exit; return the last message (``None`` if none is left)."""
         status = self.wait(timeout)
         assert status == 0, f"child exited with {status}: {self.stderr}"
-        last = None
-        while (line := self._messages.get_nowait()) is not None:
-            last = json.loads(line)
-        return last
+        unread = self.unread_messages()
+        return unread[-1] if unread else None
 
     def signal(self, signum: int) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -508,6 +514,27 @@ class Child:
             self.proc.kill()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.wait(timeout=30)
+
+
+#: A :class:`Child` script: say "starting", start the daemon, say how it ended;
+#: a KeyboardInterrupt (SIGINT) during the start makes it exit with status 42.
+INTERRUPTIBLE_START = """
+tell_parent("starting")
+try:
+    daemon.start()
+except KeyboardInterrupt:
+    tell_parent("interrupted")
+    sys.exit(42)
+tell_parent("started")
+"""
+
+
+def release_together(children: list[Child]) -> None:
+    """Wait until every child has said "ready", then let them all go at once."""
+    for proc in children:
+        assert proc.message() == "ready"
+    for proc in children:
+        proc.send("go")
 
 
 # -- timing --------------------------------------------------------------------------------
