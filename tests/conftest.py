@@ -1,4 +1,4 @@
-"""Shared fixtures: a factory for echo-server daemons, and a sweeper for leftovers.
+"""Shared fixtures: echo-server daemons, child processes, shared directories, a sweeper.
 
 Every process a test starts through :func:`echo` carries the environment
 variable ``DC_TEST_ID`` with a value unique to that test. After the test, the
@@ -6,11 +6,16 @@ variable ``DC_TEST_ID`` with a value unique to that test. After the test, the
 psutil, so it also finds daemons that double-forked or whose PID file is gone)
 and fails the test if it had to: a test must clean up after itself, and a test
 that crashed must not leave a daemon running for the next one.
+
+Plain helper functions live in ``helpers.py``; this file holds only fixtures.
 """
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -19,10 +24,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import contextlib
-
-from echo_server import echo_command, free_port
-from helpers import MARKER, marked_processes
+from echo_server import ECHO_SERVER, echo_command
+from helpers import MARKER, Child, free_port, marked_processes
 
 from daemon_controller import Daemon
 
@@ -97,6 +100,49 @@ class EchoFactory:
 @pytest.fixture
 def echo(tmp_path: Path, test_id: str) -> EchoFactory:
     return EchoFactory(tmp_path, test_id)
+
+
+@pytest.fixture
+def child():
+    """``child(script, *args, **options)``: a :class:`helpers.Child`, reaped after the test."""
+    children: list[Child] = []
+
+    def start(script: str, *args: str, **options) -> Child:
+        children.append(Child(script, *args, **options))
+        return children[-1]
+
+    yield start
+    for proc in children:
+        proc.kill()
+
+
+@pytest.fixture
+def shared_tmp():
+    """A fresh directory that every user may write (``tmp_path`` is private to us).
+
+    For tests that act as another user: they need a place of their own too.
+    """
+    path = Path(tempfile.mkdtemp(prefix="dc-shared-"))
+    path.chmod(0o777)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def world_readable_echo_server():
+    """A copy of ``echo_server.py`` that any user may read and run.
+
+    The checkout may sit in a directory only we can enter (a private home, a
+    0700 temporary directory): a daemon run as another user could not open the
+    original.
+    """
+    directory = Path(tempfile.mkdtemp(prefix="dc-echo-"))
+    directory.chmod(0o755)
+    copy = directory / ECHO_SERVER.name
+    shutil.copyfile(ECHO_SERVER, copy)
+    copy.chmod(0o644)
+    yield copy
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -117,7 +117,8 @@ during the stop delay are ignored.
     Ignore SIGTERM from the start (SIGINT still stops it; SIGKILL always does).
 
 The module also offers helpers for tests, without side effects on import:
-``free_port()``, ``ECHO_SERVER`` (this file's resolved path) and
+``free_port()`` (the suite's port allocator in ``helpers.py``, which must be
+importable), ``ECHO_SERVER`` (this file's resolved path) and
 ``echo_command(*args)`` (``[sys.executable, str(ECHO_SERVER), *args]``).
 """
 
@@ -723,11 +724,13 @@ ECHO_SERVER = pathlib.Path(__file__).resolve()
 
 
 def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A TCP port for a test daemon: the suite's one allocator, ``helpers.free_port``.
+
+    Imported on use, so that the server itself stays a self-contained script.
+    """
+    from helpers import free_port as allocate  # noqa: PLC0415 - see the docstring
+
+    return allocate()
 
 
 def echo_command(*args: str) -> list[str]:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-from echo_server import ECHO_SERVER, free_port
-from helpers import gone
+from echo_server import ECHO_SERVER
+from helpers import MARKER, free_port, gone
 
 import daemon_controller
 from daemon_controller import (
@@ -532,26 +532,15 @@ def test_find_takes_a_pyproject_with_the_table(tmp_path, monkeypatch):
     assert find() == path.resolve()
 
 
-def test_find_skips_a_pyproject_without_the_table(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "pyproject",
+    ['[project]\nname = "sub"\n', "[project\n", 'tool = "oops"\n'],
+    ids=["without-the-table", "unparsable", "tool-not-a-table"],
+)
+def test_find_skips_a_pyproject_that_declares_no_daemons(tmp_path, monkeypatch, pyproject):
     path = daemons_toml(tmp_path, f"[daemons.web]\n{MINIMAL}")
     sub = tmp_path / "sub"
-    write(sub / "pyproject.toml", '[project]\nname = "sub"\n')
-    monkeypatch.chdir(sub)
-    assert find() == path.resolve()
-
-
-def test_find_skips_an_unparsable_pyproject(tmp_path, monkeypatch):
-    path = daemons_toml(tmp_path, f"[daemons.web]\n{MINIMAL}")
-    sub = tmp_path / "sub"
-    write(sub / "pyproject.toml", "[project\n")
-    monkeypatch.chdir(sub)
-    assert find() == path.resolve()
-
-
-def test_find_skips_a_pyproject_whose_tool_key_is_not_a_table(tmp_path, monkeypatch):
-    path = daemons_toml(tmp_path, f"[daemons.web]\n{MINIMAL}")
-    sub = tmp_path / "sub"
-    write(sub / "pyproject.toml", 'tool = "oops"\n')
+    write(sub / "pyproject.toml", pyproject)
     monkeypatch.chdir(sub)
     assert find() == path.resolve()
 
@@ -647,7 +636,7 @@ def test_loaded_daemon_starts_with_paths_relative_to_the_file(tmp_path, monkeypa
         assert pid is not None
         assert (proj / "tmp" / "echo.pid").read_text().strip() == str(pid)
         assert answers(port)
-        assert psutil.Process(pid).environ().get("DC_TEST_ID") == test_id
+        assert psutil.Process(pid).environ().get(MARKER) == test_id
         assert psutil.Process(pid).cwd() == str(proj)
     finally:
         echo.stop()

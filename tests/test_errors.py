@@ -1,11 +1,11 @@
 """The exceptions: their hierarchy, their text, and their survival across pickling.
 
-Covers issue 2 section 4: ``DaemonError`` and its subclasses, the attributes a
-start or stop failure carries (``identifier``, ``output``, ``log``,
-``exit_status``, ``signal``, ``pid``, ``timeout``), the gem's summary in
-parentheses in ``str()``, and pickling, both directly and through
-``multiprocessing`` (a real failing start in a child process, received in the
-parent).
+``DaemonError`` and its subclasses, the attributes a start or stop failure
+carries (``identifier``, ``output``, ``log``, ``exit_status``, ``signal``,
+``pid``, ``timeout``), the gem's summary in parentheses in ``str()``, and
+pickling, both directly and through ``multiprocessing`` (a real failing start
+in a pool worker, received in the parent: this is what ``multiprocessing``
+users do, so these tests use it rather than the ``helpers.Child`` harness).
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import pickle
 from pathlib import Path
 
 import pytest
-from echo_server import echo_command, free_port
+from echo_server import echo_command
+from helpers import MARKER, free_port
 
 from daemon_controller import (
     AlreadyStarted,
@@ -236,7 +237,7 @@ def _failing_start(tmp: str, port: int, test_id: str) -> None:
         .pid(directory / "echo.pid")
         .log(directory / "echo.log")
         .start_timeout(15)
-        .env({"DC_TEST_ID": test_id})
+        .env({MARKER: test_id})
         .start()
     )
 

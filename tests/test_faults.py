@@ -1,4 +1,4 @@
-"""The fault suite (issue 4, item 8): many controllers, killed controllers, aborted starts.
+"""The fault suite: many controllers, killed controllers, aborted starts.
 
 * 16 processes x 20 rounds of ``connect()`` (echoing a byte) and random
   ``stop()`` on one daemon, with a monitor thread watching the process table:
@@ -10,134 +10,63 @@
   start created may survive) or SIGKILL (no cleanup possible: the next
   ``stop()``/``start()`` must still work).
 
-PID reuse and hostile files are in ``test_hardening.py``. The figures printed
-here (rounds, daemons started, processes left behind) go into the issue's
-closing note; run with ``-s`` to see them.
+PID reuse and hostile files are in ``test_pidfile.py`` and
+``test_hostile_files.py``. The figures printed here (rounds, daemons started,
+processes left behind) show how hard the suite pushed; run with ``-s`` to see
+them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import random
-import re
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 import pytest
-from echo_server import ECHO_SERVER, echo_command, free_port
-from helpers import gone, marked, wait_until
+from echo_server import ECHO_SERVER
+from helpers import (
+    INTERRUPTIBLE_START,
+    MARKER,
+    BeforeStart,
+    count_starts,
+    daemonized_pids,
+    gone,
+    kill_marked,
+    marked,
+    release_together,
+    roundtrip,
+)
 
-from daemon_controller import Daemon
+if TYPE_CHECKING:
+    from pathlib import Path
 
-MARKER = "DC_TEST_ID"
-REPO = Path(__file__).resolve().parent.parent
+    from daemon_controller import Daemon
+
 WORKERS = 16
 ROUNDS = 20
 STOP_PROBABILITY = 0.5
 
-# -- helpers ------------------------------------------------------------------------------
 
-
-def kill_marked(test_id: str) -> None:
-    pids = marked(test_id)
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    wait_until(lambda: all(gone(pid) for pid in pids))
-
-
-def daemonized_pids(log_file: Path) -> list[int]:
-    """PIDs of the echo daemons that started, one per "daemonized" log line."""
-    if not log_file.exists():
-        return []
-    return [
-        int(m.group(1))
-        for m in re.finditer(r"\[echo_server (\d+)\] daemonized", log_file.read_text())
-    ]
-
-
-def roundtrip(port: int) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(b"ping\n")
-        sock.shutdown(socket.SHUT_WR)
-        data = b""
-        while chunk := sock.recv(4096):
-            data += chunk
-    return data
-
-
-# The daemon every child process builds: the same description from plain values.
-_BUILD = """
-import json, os, random, socket, sys, time
-from daemon_controller import Daemon
-cfg = json.loads(sys.argv[1])
-daemon = (
-    Daemon("fault suite")
-    .start_with(cfg["command"])
-    .ping_tcp("127.0.0.1", cfg["port"])
-    .pid(cfg["pid"])
-    .log(cfg["log"])
-    .start_timeout(30)
-    .stop_timeout(10)
-    .start_abort_timeout(3)
-    .log_activity_timeout(30)
-    .env({"DC_TEST_ID": cfg["id"]})
-)
-"""
-
-
-def _config(tmp_path: Path, test_id: str, *extra: str) -> tuple[dict, Daemon]:
-    port = free_port()
-    pid_file = tmp_path / "echo.pid"
-    log_file = tmp_path / "echo.log"
-    command = echo_command(
-        "--port", str(port), "--pid-file", str(pid_file), "--log-file", str(log_file), *extra
-    )
-    cfg = {"command": command, "port": port, "pid": str(pid_file), "log": str(log_file)}
-    cfg["id"] = test_id
-    daemon = (
-        Daemon("fault suite")
-        .start_with(command)
-        .ping_tcp("127.0.0.1", port)
-        .pid(pid_file)
-        .log(log_file)
-        .start_timeout(30)
-        .stop_timeout(10)
-        .start_abort_timeout(3)
-        .log_activity_timeout(30)
-        .env({MARKER: test_id})
-    )
-    return cfg, daemon
-
-
-def _child(script: str, cfg: dict, *args: str) -> subprocess.Popen[str]:
-    # The children themselves do not carry the marker: a marker scan finds only
-    # what their starts created.
-    return subprocess.Popen(
-        [sys.executable, "-c", _BUILD + script, json.dumps(cfg), *args],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+def faulty(echo, *extra: str) -> Daemon:
+    """The echo daemon of this suite, with room for a loaded machine."""
+    return echo(*extra).start_timeout(30).log_activity_timeout(30)
 
 
 # -- 16 processes x 20 rounds ------------------------------------------------------------
 
 _WORKER = """
-worker = int(sys.argv[2])
+import random
+worker, rounds, stop_probability = int(args[0]), int(args[1]), float(args[2])
+port = daemon.config.ping.port
 rng = random.Random(worker)
 
 def connect():
-    sock = socket.create_connection(("127.0.0.1", cfg["port"]), timeout=10)
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     try:
         sock.sendall(b"x")
         if sock.recv(1) != b"x":
@@ -148,22 +77,22 @@ def connect():
     return sock
 
 stats = {"rounds": 0, "connects": 0, "stops": 0, "errors": []}
-while not os.path.exists(cfg["go"]):
-    time.sleep(0.005)
-for _ in range(cfg["rounds"]):
+tell_parent("ready")
+wait_for_parent()
+for _ in range(rounds):
     stats["rounds"] += 1
     try:
         daemon.connect(connect).close()
         stats["connects"] += 1
     except Exception as err:
         stats["errors"].append(f"connect: {type(err).__name__}: {err}")
-    if rng.random() < cfg["stop_probability"]:
+    if rng.random() < stop_probability:
         try:
             daemon.stop()
             stats["stops"] += 1
         except Exception as err:
             stats["errors"].append(f"stop: {type(err).__name__}: {err}")
-print(json.dumps(stats))
+tell_parent(stats)
 """
 
 
@@ -214,30 +143,25 @@ class _Monitor(threading.Thread):
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_many_processes_connecting_and_stopping_never_run_two_daemons(tmp_path, test_id):
+def test_many_processes_connecting_and_stopping_never_run_two_daemons(echo, test_id, child):
     # gem: the same lock discipline, but it trusts stale PID files and leaves aborted
     # starts running; any double start or stray daemon shows up here.
-    cfg, daemon = _config(tmp_path, test_id)
-    cfg.update(go=str(tmp_path / "go"), rounds=ROUNDS, stop_probability=STOP_PROBABILITY)
-    log_file = Path(cfg["log"])
-    monitor = _Monitor(test_id, log_file)
-    workers = [_child(_WORKER, cfg, str(n)) for n in range(WORKERS)]
+    daemon = faulty(echo)
+    monitor = _Monitor(test_id, echo.log_file)
+    workers = [
+        child(_WORKER, str(n), str(ROUNDS), str(STOP_PROBABILITY), daemon=daemon)
+        for n in range(WORKERS)
+    ]
     started = time.monotonic()
     try:
         monitor.start()
-        (tmp_path / "go").touch()
-        results = []
-        for worker in workers:
-            out, err = worker.communicate(timeout=240)
-            assert worker.returncode == 0, err
-            results.append(json.loads(out.strip().splitlines()[-1]))
+        release_together(workers)
+        results = [worker.finish(timeout=240) for worker in workers]
     finally:
         monitor.stop_event.set()
         monitor.join(timeout=30)
         for worker in workers:
-            if worker.poll() is None:
-                worker.kill()
-                worker.communicate()
+            worker.kill()
         daemon.stop()
     elapsed = time.monotonic() - started
     left_behind = marked(test_id)
@@ -245,7 +169,7 @@ def test_many_processes_connecting_and_stopping_never_run_two_daemons(tmp_path, 
     connects = sum(r["connects"] for r in results)
     stops = sum(r["stops"] for r in results)
     errors = [e for r in results for e in r["errors"]]
-    started_daemons = len(daemonized_pids(log_file))
+    started_daemons = len(daemonized_pids(echo.log_file))
     print(
         f"\nfault suite: {WORKERS} processes x {ROUNDS} rounds = {rounds} rounds in "
         f"{elapsed:.1f} s; {connects} connects succeeded; {stops} stop() calls; "
@@ -264,13 +188,11 @@ def test_many_processes_connecting_and_stopping_never_run_two_daemons(tmp_path, 
 # -- a controller killed while holding the lock ------------------------------------------
 
 _HOLD_LOCK = """
-where, inside = sys.argv[2], sys.argv[3]
-
 def hold():
-    open(inside, "w").close()
+    tell_parent("inside")
     time.sleep(60)
 
-if where == "start":
+if args[0] == "start":
     daemon.before_start(hold).start()
 else:
     daemon.connect(lambda: hold())
@@ -278,49 +200,37 @@ else:
 
 
 @pytest.mark.parametrize("where", ["start", "connect"])
-def test_controller_sigkilled_while_holding_the_lock(tmp_path, test_id, where):
+def test_controller_sigkilled_while_holding_the_lock(echo, tmp_path, test_id, child, where):
     # gem: the same (flock dies with its process); guards against a lock that outlives
     # its holder (a lock file created with O_EXCL, a lock kept by a leaked child).
-    cfg, daemon = _config(tmp_path, test_id)
-    inside = tmp_path / "inside"
-    holder = _child(_HOLD_LOCK, cfg, where, str(inside))
+    daemon = faulty(echo).before_start(BeforeStart(tmp_path / "starts.jsonl"))
+    holder = child(_HOLD_LOCK, where, daemon=daemon)
     try:
-        assert wait_until(inside.exists, 30), holder.stderr
+        assert holder.message(timeout=30) == "inside"
         # The lock really is held: a start here has to wait.
         waiter_done = threading.Event()
         waiter = threading.Thread(target=lambda: (daemon.start(), waiter_done.set()))
         waiter.start()
         assert not waiter_done.wait(0.5)
-        holder.send_signal(signal.SIGKILL)
+        holder.signal(signal.SIGKILL)
         killed = time.monotonic()
-        holder.communicate(timeout=30)
+        assert holder.wait(timeout=30) == -signal.SIGKILL
         assert waiter_done.wait(30)
         waiter.join(timeout=30)
         delay = time.monotonic() - killed
         print(f"\nSIGKILLed lock holder ({where}): the next start() returned {delay:.2f} s later")
         assert delay < 10
         assert daemon.is_running()
-        assert roundtrip(cfg["port"]) == b"ping\n"
-        assert len(daemonized_pids(Path(cfg["log"]))) == 1  # the killed one started nothing
+        assert roundtrip(echo.port) == b"hello daemon\n"
+        assert len(daemonized_pids(echo.log_file)) == 1  # the killed one started nothing
+        # Ours is the one start: the holder's before_start (or connect) never got further.
+        assert count_starts(tmp_path / "starts.jsonl") == 1
     finally:
-        if holder.poll() is None:
-            holder.kill()
-            holder.communicate()
         daemon.stop()
     assert marked(test_id) == []
 
 
 # -- starts aborted at random moments -----------------------------------------------------
-
-_ABORTABLE = """
-print("go", flush=True)
-try:
-    daemon.start()
-except KeyboardInterrupt:
-    print("interrupted", flush=True)
-    sys.exit(42)
-print("started", flush=True)
-"""
 
 
 def _settle(daemon: Daemon, test_id: str, port: int) -> None:
@@ -352,43 +262,36 @@ def _settle(daemon: Daemon, test_id: str, port: int) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", range(10))
-def test_start_aborted_at_a_random_moment(tmp_path, test_id, seed):
+def test_start_aborted_at_a_random_moment(echo, test_id, child, seed):
     # gem: an interrupted start leaves its double-forked daemon running, unwatched.
     rng = random.Random(seed)
     delay = rng.uniform(0, 0.6)
     sig = signal.SIGINT if seed % 2 == 0 else signal.SIGKILL
     # A start that takes about half a second: the signal lands anywhere in it.
-    cfg, daemon = _config(
-        tmp_path, test_id, "--wait-before-pid", "0.2", "--wait-before-listen", "0.2"
-    )
-    child = _child(_ABORTABLE, cfg)
+    daemon = faulty(echo, "--wait-before-pid", "0.2", "--wait-before-listen", "0.2")
+    starter = child(INTERRUPTIBLE_START, daemon=daemon)
     try:
-        assert child.stdout is not None
-        assert child.stdout.readline().strip() == "go"
+        assert starter.message() == "starting"
         time.sleep(delay)  # the random moment itself, not a wait for an event
-        with contextlib.suppress(ProcessLookupError):
-            child.send_signal(sig)
-        out, err = child.communicate(timeout=60)
-        finished = "started" in out
+        starter.signal(sig)
+        status = starter.wait(timeout=60)
+        finished = "started" in starter.unread_messages()
         print(
             f"\nabort {seed}: {signal.Signals(sig).name} after {delay:.3f} s; "
-            f"start {'had finished' if finished else 'aborted'}; exit {child.returncode}"
+            f"start {'had finished' if finished else 'aborted'}; exit {status}"
         )
         if sig == signal.SIGINT and not finished:
-            assert child.returncode in (42, -signal.SIGINT), err
+            assert status in (42, -signal.SIGINT), starter.stderr
             assert marked(test_id) == [], "an interrupted start left processes behind"
             assert not daemon.is_running()
         if sig == signal.SIGKILL:
-            _settle(daemon, test_id, cfg["port"])
+            _settle(daemon, test_id, echo.port)
         # Whatever happened, the next controller can stop and start the daemon.
         daemon.stop()
         assert marked(test_id) == []
         daemon.start()
-        assert roundtrip(cfg["port"]) == b"ping\n"
+        assert roundtrip(echo.port) == b"hello daemon\n"
         daemon.stop()
         assert marked(test_id) == []
     finally:
-        if child.poll() is None:
-            child.kill()
-            child.communicate()
         kill_marked(test_id)

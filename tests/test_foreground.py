@@ -1,43 +1,46 @@
-"""Foreground programs given as shell strings, process groups, and ``.user()``."""
+"""Programs that stay in the foreground: ``foreground()``.
+
+The library detaches the program itself and writes its PID file: shell
+strings run the program itself (or are stopped as a process group when they
+cannot be exec'd), the detached program gets a session of its own and its
+output goes to the log, default paths in the runtime directory, a PID file
+written atomically, never through a symlink, and only once the program is up.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import http.server
 import os
-import pwd
-import shutil
+import shlex
 import socket
+import stat
 import sys
-import tempfile
-import threading
 import time
-from pathlib import Path
+import urllib.request
+from typing import TYPE_CHECKING
 
 import psutil
 import pytest
-from echo_server import ECHO_SERVER, free_port
-from helpers import gone
+from echo_server import ECHO_SERVER, echo_command
+from helpers import (
+    MARKER,
+    assert_live_echo_server,
+    dead_pid,
+    free_port,
+    gone,
+    kill_quietly,
+    pid_in_file,
+    roundtrip,
+    wait_until,
+)
 
-from daemon_controller import Daemon, StartError
+from daemon_controller import Daemon, StartError, _platform
 
-pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX shells and users")
+if TYPE_CHECKING:
+    from pathlib import Path
 
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX shells and sessions")
 
-def wait_gone(pid: int, timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if gone(pid):
-            return True
-        time.sleep(0.02)
-    return gone(pid)
-
-
-def kill_quietly(pid: int | None) -> None:
-    if pid is None:
-        return
-    with contextlib.suppress(psutil.Error):
-        psutil.Process(pid).kill()
+PRECIOUS = "precious settings: do not touch\n"
 
 
 def foreground(tmp_path: Path, test_id: str, command: str, port: int) -> Daemon:
@@ -50,8 +53,11 @@ def foreground(tmp_path: Path, test_id: str, command: str, port: int) -> Daemon:
         .log(tmp_path / "fg.log")
         .start_timeout(15)
         .stop_timeout(10)
-        .env({"DC_TEST_ID": test_id})
+        .env({MARKER: test_id})
     )
+
+
+# -- shell strings ------------------------------------------------------------------------------
 
 
 def test_simple_shell_string_runs_the_program_itself(tmp_path, test_id):
@@ -64,7 +70,7 @@ def test_simple_shell_string_runs_the_program_itself(tmp_path, test_id):
     pid = daemon.read_pid()
     try:
         assert pid is not None
-        assert "echo_server" in " ".join(psutil.Process(pid).cmdline())
+        assert_live_echo_server(pid)
         daemon.stop()
         assert gone(pid)
         with pytest.raises(OSError):
@@ -97,88 +103,209 @@ def test_compound_shell_command_is_stopped_as_a_group(tmp_path, test_id):
     assert "starting" in (tmp_path / "fg.log").read_text()
 
 
-def test_stranger_on_an_http_port_is_named(tmp_path, test_id):
-    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
-    port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        daemon = (
-            Daemon("web")
-            .start_with(["true"])
-            .foreground()
-            .ping_http(f"http://127.0.0.1:{port}/")
-            .pid(tmp_path / "web.pid")
-            .log(tmp_path / "web.log")
-        )
-        with pytest.raises(StartError, match=f"PID {os.getpid()}") as info:
-            daemon.start()
-        assert "already answered" in str(info.value)
-        assert not (tmp_path / "web.pid").exists()
-    finally:
-        server.shutdown()
-        server.server_close()
+# -- daemonize_for_me ---------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="running as another user needs root")
-def test_user_runs_the_program_as_that_user(tmp_path, test_id):
-    try:
-        nobody = pwd.getpwnam("nobody")
-    except KeyError:
-        pytest.skip("no user named nobody")
-    # Our venv's interpreter may live under /root, out of nobody's reach.
-    python = shutil.which("python3", path="/usr/bin:/bin")
-    if python is None:
-        pytest.skip("no system python3 for user nobody")
-    # pytest's tmp_path sits under a root-only directory: nobody writes elsewhere.
-    shared = Path(tempfile.mkdtemp(prefix="dc-nobody-"))
-    shared.chmod(0o777)
+def test_foreground_detaches_a_foreground_program(echo, tmp_path):
     port = free_port()
-    marker = shared / "whoami"
     daemon = (
-        Daemon("as-nobody")
+        echo(port=port)
         .start_with(
-            [
-                python,
-                str(ECHO_SERVER),
-                "--foreground",
+            echo_command(
                 "--port",
                 str(port),
-                "--write-file",
-                f"{marker}={{env:HOME}}|{{env:USER}}",
-            ]
+                "--foreground",
+                "--stdout-message",
+                "greeting on stdout",
+                "--before-daemonize-message",
+                "greeting on stderr",
+                "--wait-before-listen",
+                "0.3",
+            )
         )
         .foreground()
-        .user("nobody")
-        .ping_tcp("127.0.0.1", port)
-        .pid(tmp_path / "n.pid")
-        .log(tmp_path / "n.log")
-        .env({"DC_TEST_ID": test_id})
     )
     daemon.start()
-    pid = daemon.read_pid()
     try:
-        assert pid is not None
-        process = psutil.Process(pid)
-        assert process.uids().real == nobody.pw_uid
-        assert "echo_server" in " ".join(process.cmdline())  # no wrapper in between
-        assert marker.read_text() == f"{nobody.pw_dir}|nobody"
-        daemon.stop()
-        assert wait_gone(pid)
+        assert roundtrip(port) == b"hello daemon\n"
+        pid = pid_in_file(echo.pid_file)
+        assert_live_echo_server(pid)
+        assert daemon.is_running()
+        assert daemon.read_pid() == pid
+        assert os.getsid(pid) == pid  # a session of its own
+        assert os.readlink(f"/proc/{pid}/fd/0") == os.devnull
+        log = echo.log_file.read_text()
+        assert "greeting on stdout" in log
+        assert "greeting on stderr" in log
     finally:
-        kill_quietly(pid)
-        shutil.rmtree(shared, ignore_errors=True)
+        daemon.stop()
+    assert wait_until(lambda: gone(pid))
+    assert not echo.pid_file.exists()
+    assert not daemon.is_running()
 
 
-def test_unknown_user_is_a_start_error_before_anything_runs(tmp_path):
+def test_foreground_program_failing_early(echo):
+    port = free_port()
     daemon = (
-        Daemon("ghost")
-        .start_with(["true"])
+        echo(port=port)
+        .start_with(
+            echo_command("--port", str(port), "--foreground", "--exit-before-daemonize", "5")
+        )
         .foreground()
-        .user("no-such-user-here")
-        .ping_tcp("127.0.0.1", free_port())
-        .pid(tmp_path / "g.pid")
-        .log(tmp_path / "g.log")
     )
-    with pytest.raises(StartError, match="no-such-user-here"):
+    started = time.monotonic()
+    with pytest.raises(StartError) as info:
         daemon.start()
+    err = info.value
+    assert time.monotonic() - started < 10
+    assert err.exit_status == 5
+    assert "failing before daemonizing" in err.log
+    assert not echo.pid_file.exists()
+    assert echo.marked() == []
+
+
+def test_foreground_keeps_the_programs_own_pid_file(echo):
+    # A shell wrapper that is not replaced by the program: the library's child
+    # is the shell, the program writes its own PID. Overwriting the file would
+    # put the shell's PID in it.
+    port = free_port()
+    argv = echo_command("--port", str(port), "--foreground", "--pid-file", str(echo.pid_file))
+    daemon = (
+        echo(port=port)
+        .start_with(["sh", "-c", f"{shlex.join(argv)}; echo program exited"])
+        .foreground()
+    )
+    daemon.start()
+    pid = pid_in_file(echo.pid_file)
+    shell_pid = psutil.Process(pid).ppid()
+    try:
+        assert_live_echo_server(pid)
+        assert "sh" in psutil.Process(shell_pid).name()
+        assert daemon.read_pid() == pid
+        assert roundtrip(port) == b"hello daemon\n"
+    finally:
+        daemon.stop()
+        assert wait_until(lambda: gone(pid))
+        assert wait_until(lambda: gone(shell_pid))
+
+
+def test_foreground_writes_the_pid_file_only_once_the_program_is_up(echo, tmp_path):
+    # gem: daemonize_for_me writes no PID file at all: a program that writes none times out.
+    # A library writing it at spawn time would make this program refuse to start (exit 9).
+    echo.pid_file.write_text(f"{dead_pid()}\n")  # a stale leftover: removed before the start
+    port = free_port()
+    argv = echo_command("--port", str(port), "--foreground")
+    script = f'sleep 0.5; test ! -e "$0" || exit 9; exec {shlex.join(argv)}'
+    daemon = echo(port=port).start_with(["sh", "-c", script, str(echo.pid_file)]).foreground()
+    daemon.start()
+    try:
+        pid = pid_in_file(echo.pid_file)
+        assert_live_echo_server(pid)
+        assert daemon.read_pid() == pid
+        assert roundtrip(port) == b"hello daemon\n"
+    finally:
+        daemon.stop()
+    assert wait_until(lambda: gone(pid))
+    assert not echo.pid_file.exists()
+
+
+# -- foreground() with default paths -------------------------------------------------------------
+
+
+def _web(test_id: str, port: int, tmp_path: Path) -> Daemon:
+    return (
+        Daemon(f"web-{test_id}")
+        .start_with([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"])
+        .foreground()
+        .ping_tcp("127.0.0.1", port)
+        .cwd(tmp_path)
+        .start_timeout(20)
+        .env({MARKER: test_id})
+    )
+
+
+def _runtime_leftovers(pid_file: Path) -> list[str]:
+    stem = pid_file.name.removesuffix(".pid")
+    return sorted(p.name for p in pid_file.parent.iterdir() if stem in p.name)
+
+
+def _remove_runtime_files(pid_file: Path) -> None:
+    stem = pid_file.name.removesuffix(".pid")
+    for path in pid_file.parent.iterdir():
+        if stem in path.name and not path.is_dir():
+            path.unlink()
+
+
+def test_foreground_http_server_with_default_paths(test_id, port, tmp_path):
+    # gem: pid_file and log_file are required, and a program writing no PID file times out.
+    (tmp_path / "index.html").write_text("hello from http.server\n")
+    daemon = _web(test_id, port, tmp_path)
+    assert daemon.config.pid_file is None
+    assert daemon.config.log_file is None
+    pid_file = daemon.resolved().config.pid_file
+    log_file = daemon.resolved().config.log_file
+    assert pid_file is not None
+    assert log_file is not None
+    try:
+        runtime = pid_file.parent
+        assert runtime == _platform.runtime_dir()
+        info = runtime.lstat()
+        assert stat.S_ISDIR(info.st_mode)
+        assert info.st_uid == os.getuid()
+        assert info.st_mode & 0o077 == 0  # private
+        daemon.start()
+        try:
+            pid = pid_in_file(pid_file)
+            assert "http.server" in psutil.Process(pid).cmdline()
+            assert stat.S_ISREG(pid_file.lstat().st_mode)
+            assert daemon.is_running() is True
+            assert daemon.read_pid() == pid
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/index.html", timeout=10) as r:
+                assert r.read() == b"hello from http.server\n"
+            assert os.getsid(pid) == pid
+        finally:
+            daemon.stop()
+        assert wait_until(lambda: gone(pid))
+        assert daemon.is_running() is False
+        assert not pid_file.exists()
+        assert "GET /index.html" in log_file.read_text()  # its output went to the log
+        # No PID file, no temporary files: only the log and the lock remain.
+        assert set(_runtime_leftovers(pid_file)) <= {log_file.name, f"{pid_file.name}.lock"}
+    finally:
+        _remove_runtime_files(pid_file)
+
+
+@pytest.mark.parametrize("when", ["before the start", "by the program"])
+def test_foreground_pid_file_is_never_written_through_a_symlink(test_id, port, tmp_path, when):
+    # gem: no foreground mode; a naive open(pid_file, "w") would truncate the target.
+    precious = tmp_path / "settings.conf"
+    precious.write_text(PRECIOUS)
+    daemon = _web(test_id, port, tmp_path)
+    pid_file = daemon.resolved().config.pid_file
+    assert pid_file is not None
+    try:
+        if when == "before the start":
+            pid_file.symlink_to(precious)
+        else:
+            # The program plants the link while starting up: the library must not
+            # take it for the program's own PID file, nor write through it.
+            argv = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
+            script = f'ln -s "$0" "$1" && exec {shlex.join(argv)}'
+            daemon = daemon.start_with(["sh", "-c", script, str(precious), str(pid_file)])
+        daemon.start()
+        try:
+            assert not pid_file.is_symlink()
+            assert stat.S_ISREG(pid_file.lstat().st_mode)
+            pid = pid_in_file(pid_file)
+            assert "http.server" in psutil.Process(pid).cmdline()
+            assert precious.read_text() == PRECIOUS
+        finally:
+            daemon.stop()
+        assert precious.read_text() == PRECIOUS
+        assert not pid_file.exists()
+        log_file = daemon.resolved().config.log_file
+        assert log_file is not None
+        # No temporary files: only the log and the lock remain.
+        assert set(_runtime_leftovers(pid_file)) <= {log_file.name, f"{pid_file.name}.lock"}
+    finally:
+        _remove_runtime_files(pid_file)

@@ -1,54 +1,49 @@
-"""PID files: ``is_running()`` / ``read_pid()`` against real files and processes.
+"""PID files: what ``is_running()`` / ``read_pid()`` / ``stop()`` make of them, for real.
 
 Covers the parsing rules (first line, plain decimal, safe range, never PID 0/1,
 our own PID or our parent's), every kind of broken PID file (missing, empty,
-garbage, huge, a directory, a FIFO, unreadable) reading as "not running" without
-an exception or a hang, multi-line PostgreSQL-style files, stale files being
-removed (and corrupt ones kept), zombies counting as not running, a missing
-directory, a hypothesis property test of ``_pidfile.parse_pid`` and the atomic,
-symlink-safe ``_pidfile.write``.
+garbage, huge, numbers too large for a PID, a directory, a FIFO) reading as
+"not running" without an exception or a hang, arbitrary contents never
+signalling anybody, multi-line PostgreSQL-style files, stale files being
+removed (and corrupt ones kept), PIDs reused by a newer process, zombies, a
+missing directory, a hypothesis property test of ``_pidfile.parse_pid`` and
+the atomic, symlink-safe ``_pidfile.write``. Planted symlinks are in
+``test_hostile_files.py``; a PID file only another user may read in
+``test_other_users.py``.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
+import socket
 import time
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 import pytest
+from helpers import (
+    assert_live_echo_server,
+    assert_not_signalled,
+    dead_pid,
+    pid_in_file,
+    sleeper,
+    stop_process,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from daemon_controller import Daemon, _pidfile
 
+if TYPE_CHECKING:
+    from pathlib import Path
+
 _SPECIAL = {os.getpid(), os.getppid()}
-_REPO = Path(__file__).resolve().parent.parent
+#: An mtime long before any process on this machine was created.
+LONG_AGO = 1_000_000_000.0
 
 
 def _daemon(pid_file: Path) -> Daemon:
     return Daemon("pidfile test").pid(pid_file)
-
-
-def _sleeper(test_id: str, seconds: int = 30) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(["sleep", str(seconds)], env={**os.environ, "DC_TEST_ID": test_id})
-
-
-def _stop_sleeper(proc: subprocess.Popen[bytes]) -> None:
-    proc.kill()
-    proc.wait(timeout=10)
-
-
-def _dead_pid() -> int:
-    """The PID of a process that has exited and been reaped."""
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait(timeout=30)
-    assert not psutil.pid_exists(proc.pid)
-    return proc.pid
 
 
 # -- broken PID files ------------------------------------------------------------------
@@ -111,6 +106,75 @@ def test_huge_pid_file_is_not_running(tmp_path: Path) -> None:
     assert pid_file.stat().st_size == 10 * 1024 * 1024
 
 
+@pytest.mark.parametrize(
+    "content",
+    ["2147483648", "4294967296", "18446744073709551616", "9" * 40, "1" + "0" * 4000],
+    ids=["2^31", "2^32", "2^64", "40-digits", "4001-digits"],
+)
+def test_number_too_large_for_a_pid_is_invalid_not_a_crash(echo, content):
+    # gem: Process.kill raises RangeError from every call until the file is deleted.
+    echo.pid_file.write_text(content + "\n")
+    daemon = echo()
+    assert daemon.is_running() is False
+    assert daemon.read_pid() is None
+    daemon.stop()
+    daemon.start()
+    try:
+        pid = pid_in_file(echo.pid_file)
+        assert daemon.read_pid() == pid
+    finally:
+        daemon.stop()
+
+
+def _pid_file_contents(sentinel: int) -> st.SearchStrategy[bytes]:
+    """Arbitrary bytes, plus near-misses around PIDs that must never be signalled."""
+    special = [
+        0,
+        1,
+        -1,
+        os.getpid(),
+        os.getppid(),
+        sentinel,
+        2**31 + sentinel,
+        2**32 + sentinel,  # wraps around to the sentinel's PID in a 32-bit int
+        2**64 + sentinel,
+    ]
+    decorations = st.sampled_from(
+        [b"%d", b"%d\n", b" %d \r\n", b"%d\x00", b"%dabc", b"+%d", b"%d.0", b"\n%d", b"%d\nrest"]
+    )
+    numbers = st.sampled_from(special) | st.integers(min_value=-(2**70), max_value=2**70)
+    formatted = st.builds(lambda fmt, n: fmt % n, decorations, numbers)
+    return st.binary(max_size=300) | formatted
+
+
+def test_arbitrary_pid_file_contents_never_raise_or_signal(tmp_path, test_id):
+    # gem: raises (RangeError, ArgumentError on binary) or signals PID 0/own group/stranger.
+    sentinel = sleeper(test_id, 300)
+    pid_file = tmp_path / "d.pid"
+    daemon = Daemon("hypothesis").pid(pid_file).stop_timeout(2)
+
+    @settings(
+        max_examples=50,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+    @given(_pid_file_contents(sentinel.pid))
+    def check(data: bytes) -> None:
+        # Written "long ago": no live process can have written it, so none may be touched.
+        for query in ("is_running", "read_pid", "stop"):
+            pid_file.write_bytes(data)
+            os.utime(pid_file, (LONG_AGO, LONG_AGO))
+            result = getattr(daemon, query)()
+            assert result in (False, None)
+            assert sentinel.poll() is None
+
+    try:
+        check()
+        assert_not_signalled(sentinel)
+    finally:
+        stop_process(sentinel)
+
+
 def test_directory_at_pid_path_is_not_running(tmp_path: Path) -> None:
     pid_dir = tmp_path / "d.pid"
     pid_dir.mkdir()
@@ -133,58 +197,12 @@ def test_fifo_at_pid_path_does_not_hang(tmp_path: Path) -> None:
     assert fifo.exists()
 
 
-_UNREADABLE_CHECK = """
-import os, sys
-from daemon_controller import Daemon
-daemon = Daemon("unreadable").pid(sys.argv[1])
-os.setgroups([]); os.setgid(65534); os.setuid(65534)  # root would read mode 000 files
-try:
-    open(sys.argv[1]).close()
-except PermissionError:
-    pass
-else:
-    sys.exit("the PID file is readable after dropping privileges")
-print(daemon.is_running(), daemon.read_pid())
-"""
-
-
-def test_unreadable_pid_file_is_not_running(test_id: str) -> None:
-    proc = _sleeper(test_id)
-    # A directory others can enter: as root the check runs as "nobody".
-    directory = Path(tempfile.mkdtemp(prefix="dc-unreadable-"))
-    try:
-        directory.chmod(0o777)
-        pid_file = directory / "d.pid"
-        pid_file.write_text(f"{proc.pid}\n")
-        pid_file.chmod(0)
-        if os.geteuid() == 0:
-            result = subprocess.run(
-                [sys.executable, "-c", _UNREADABLE_CHECK, str(pid_file)],
-                cwd=_REPO,
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=False,
-            )
-            assert result.returncode == 0, result.stderr
-            assert result.stdout.split() == ["False", "None"]
-        else:
-            daemon = _daemon(pid_file)
-            assert daemon.is_running() is False
-            assert daemon.read_pid() is None
-        assert pid_file.exists()
-        assert proc.poll() is None
-    finally:
-        _stop_sleeper(proc)
-        shutil.rmtree(directory)
-
-
 # -- valid PID files ---------------------------------------------------------------------
 
 
 def test_live_pid_with_surrounding_whitespace_is_running(tmp_path: Path, test_id: str) -> None:
     # As in the gem (which strips the content), whitespace around the number is fine.
-    proc = _sleeper(test_id)
+    proc = sleeper(test_id, 30)
     try:
         pid_file = tmp_path / "d.pid"
         pid_file.write_text(f"  {proc.pid} \r\n")
@@ -192,11 +210,11 @@ def test_live_pid_with_surrounding_whitespace_is_running(tmp_path: Path, test_id
         assert daemon.is_running() is True
         assert daemon.read_pid() == proc.pid
     finally:
-        _stop_sleeper(proc)
+        stop_process(proc)
 
 
 def test_postgresql_style_multi_line_pid_file(tmp_path: Path, test_id: str) -> None:
-    proc = _sleeper(test_id)
+    proc = sleeper(test_id, 30)
     try:
         pid_file = tmp_path / "postmaster.pid"
         lines = [
@@ -215,13 +233,15 @@ def test_postgresql_style_multi_line_pid_file(tmp_path: Path, test_id: str) -> N
         assert daemon.read_pid() == proc.pid
         assert pid_file.exists()
     finally:
-        _stop_sleeper(proc)
+        stop_process(proc)
 
 
 @pytest.mark.parametrize("query", ["is_running", "read_pid"])
 def test_stale_pid_file_is_removed(tmp_path: Path, query: str) -> None:
     pid_file = tmp_path / "d.pid"
-    pid_file.write_text(f"{_dead_pid()}\n")
+    pid = dead_pid()
+    assert not psutil.pid_exists(pid)
+    pid_file.write_text(f"{pid}\n")
     result = getattr(_daemon(pid_file), query)()
     assert result in (False, None)
     assert not pid_file.exists()
@@ -246,20 +266,45 @@ def test_zombie_is_not_running(tmp_path: Path) -> None:
         os.waitpid(pid, 0)
 
 
-def test_pid_reused_by_a_newer_process_is_not_running(tmp_path: Path, test_id: str) -> None:
-    proc = _sleeper(test_id)
+@pytest.mark.parametrize("action", ["is_running", "read_pid", "stop", "connect", "start"])
+def test_reused_pid_is_stale_removed_and_never_signalled(echo, test_id, action):
+    # gem: trusts the number: running? is true, stop SIGTERMs the stranger, connect raises
+    # AlreadyStarted instead of starting the daemon. A live process created after the
+    # PID file was last written cannot have written it: the daemon died, its PID was reused.
+    stranger = sleeper(test_id)
     try:
-        pid_file = tmp_path / "d.pid"
-        pid_file.write_text(f"{proc.pid}\n")
-        an_hour_ago = time.time() - 3600
-        os.utime(pid_file, (an_hour_ago, an_hour_ago))
-        # The file was written before the process existed: it cannot name it.
-        daemon = _daemon(pid_file)
-        assert daemon.is_running() is False
-        assert daemon.read_pid() is None
-        assert proc.poll() is None
+        echo.pid_file.write_text(f"{stranger.pid}\n")
+        os.utime(echo.pid_file, (time.time() - 3600, time.time() - 3600))
+        daemon = echo()
+        if action == "is_running":
+            assert daemon.is_running() is False
+        elif action == "read_pid":
+            assert daemon.read_pid() is None
+        elif action == "stop":
+            daemon.stop()
+        if action not in ("connect", "start"):
+            assert not echo.pid_file.exists()  # the stale file is removed
+            assert_not_signalled(stranger)
+            return
+        if action == "connect":
+            sock = daemon.connect(
+                lambda: socket.create_connection(("127.0.0.1", echo.port), timeout=5)
+            )
+        else:
+            daemon.start()
+            sock = socket.create_connection(("127.0.0.1", echo.port), timeout=5)
+        try:
+            with sock:
+                sock.sendall(b"x")
+                assert sock.recv(1) == b"x"
+            pid = pid_in_file(echo.pid_file)
+            assert pid != stranger.pid
+            assert_live_echo_server(pid)
+        finally:
+            daemon.stop()
+        assert_not_signalled(stranger)
     finally:
-        _stop_sleeper(proc)
+        stop_process(stranger)
 
 
 def test_missing_directory_is_not_running_and_not_created(tmp_path: Path) -> None:

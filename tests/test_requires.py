@@ -1,6 +1,6 @@
 """``@requires(...)``: functions that need daemons running while they run.
 
-Covers issue 3, section 2, with two real echo-server daemons: sync and
+With two real echo-server daemons: sync and
 ``async def`` functions, daemons entered in the given order and left in
 reverse order (recorded by a ``before_start`` callback and by a stop command
 that appends to the same file), the wrapper's name, docstring, signature and
@@ -15,7 +15,7 @@ import shlex
 from typing import TYPE_CHECKING
 
 import pytest
-from helpers import gone, wait_until
+from helpers import gone, lines, wait_until
 
 from daemon_controller import Daemon, StartError, requires
 
@@ -23,10 +23,6 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-def lines(path: Path) -> list[str]:
-    return path.read_text().splitlines() if path.exists() else []
 
 
 def recorded(echo, tmp_path: Path, name: str, order: Path, *args: str) -> Daemon:

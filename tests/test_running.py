@@ -1,6 +1,6 @@
 """``Daemon.running()``: a daemon for the duration of a block, shared safely.
 
-Covers issue 3, sections 1 and 4, with real echo-server daemons:
+With real echo-server daemons:
 
 * ``with d.running() as x``: yields the daemon, starts it if needed, stops it on
   leaving only if the block started it; a daemon running before is left running;
@@ -18,59 +18,40 @@ Covers issue 3, sections 1 and 4, with real echo-server daemons:
 * ``async with`` keeps the event loop running during a start;
 * ``running()`` as a decorator, for sequential and concurrent calls.
 
-Child processes run a small ``python -c`` script (``_CHILD``) that rebuilds the
-same daemon from JSON and talks to the test through files.
+Other processes are ``helpers.Child`` processes running ``_ENTER_BLOCK``: they
+rebuild the same daemon, enter a block when told to, say what they saw and
+leave when told to.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
-import time
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 import pytest
-from helpers import gone, wait_until
+from helpers import (
+    BeforeStart,
+    count_starts,
+    daemonized_count,
+    gone,
+    kill_quietly,
+    release_together,
+    wait_until,
+)
 
 from daemon_controller import Daemon, StartError, StopError, _lock, _pidfile
 
-TESTS_DIR = Path(__file__).resolve().parent
-MARKER = "DC_TEST_ID"
+if TYPE_CHECKING:
+    from pathlib import Path
+
 FAIL_MESSAGE = "cannot start: broken configuration"
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-def daemonized_count(log_file: Path) -> int:
-    """How many times an echo server went into the background with this log file."""
-    if not log_file.exists():
-        return 0
-    return sum(1 for line in log_file.read_text().splitlines() if line.endswith("] daemonized"))
-
-
-def lines(path: Path) -> list[str]:
-    return path.read_text().splitlines() if path.exists() else []
-
-
-def appender(path: Path, text: str = "start", pause: float = 0.0):
-    """A ``before_start`` callback that appends ``text`` to ``path`` (then pauses)."""
-
-    def before_start() -> None:
-        with path.open("a") as f:
-            f.write(f"{text}\n")
-        if pause:
-            # Keeps the lock held a little longer so that everybody who was
-            # going to wait for this start is surely waiting (not a timing check).
-            time.sleep(pause)
-
-    return before_start
 
 
 class Worker(threading.Thread):
@@ -109,143 +90,44 @@ def enter_unstartable(daemon: Daemon) -> None:
         pytest.fail("entered the block of a daemon that cannot start")
 
 
-def kill_quietly(pid: int | None) -> None:
-    if pid is None:
-        return
-    try:
-        proc = psutil.Process(pid)
-        proc.kill()
-        proc.wait(5)
-    except psutil.Error:
-        pass
+# -- other processes ----------------------------------------------------------------------
 
-
-# -- child processes ----------------------------------------------------------------------
-
-_CHILD = r"""
-import json, os, sys, time
-spec = json.loads(sys.argv[1])
-from daemon_controller import Daemon, StartError
-
-
-def wait_for(path, timeout=90.0):
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            sys.exit(f"child: timed out waiting for {path}")
-        time.sleep(0.01)
-
-
-def report(data):
-    tmp = spec["ready"] + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f)
-    os.replace(tmp, spec["ready"])
-
-
-def before_start():
-    with open(spec["counter"], "a") as f:
-        f.write(f"start {os.getpid()}\n")
-    time.sleep(spec["pause"])
-
-
-daemon = (
-    Daemon(spec["name"])
-    .start_with(spec["command"])
-    .ping_tcp("127.0.0.1", spec["port"])
-    .pid(spec["pid"])
-    .log(spec["log"])
-    .start_timeout(15)
-    .stop_timeout(10)
-    .start_abort_timeout(3)
-    .log_activity_timeout(1)
-    .env({"DC_TEST_ID": spec["test_id"]})
-    .before_start(before_start)
-)
-if spec["go"]:
-    wait_for(spec["go"])
+# args: the start record file, the before_start pause, running()'s stop argument (JSON).
+_ENTER_BLOCK = """
+from helpers import BeforeStart
+from daemon_controller import StartError
+record, pause, stop = args[0], float(args[1]), json.loads(args[2])
+daemon = daemon.before_start(BeforeStart(record, pause))
+tell_parent("ready")
+wait_for_parent()
 try:
-    with daemon.running(stop=spec["stop"]):
-        report({"pid": daemon.read_pid(), "me": os.getpid()})
-        wait_for(spec["release"])
+    with daemon.running(stop=stop):
+        tell_parent({"pid": daemon.read_pid(), "me": os.getpid()})
+        wait_for_parent()
 except StartError as err:
-    report({"error": {"output": err.output, "log": err.log, "message": err.message,
-                      "exit_status": err.exit_status}})
+    tell_parent({"error": {"output": err.output, "log": err.log, "message": err.message,
+                           "exit_status": err.exit_status}})
 """
 
 
-class Child:
-    """A process running ``_CHILD``: enters ``running()`` and reports through files."""
+def entering(child, daemon: Daemon, counter: Path, count: int = 1, pause: float = 0.0) -> list:
+    """``count`` other processes entering a block of ``daemon`` at once.
 
-    def __init__(
-        self,
-        daemon: Daemon,
-        port: int,
-        directory: Path,
-        tag: str,
-        *,
-        go: Path | None = None,
-        counter: Path,
-        pause: float = 0.0,
-        stop: bool | None = None,
-    ) -> None:
-        self.ready = directory / f"{tag}.ready"
-        self.release_file = directory / f"{tag}.release"
-        cfg = daemon.config
-        spec = {
-            "name": daemon.name,
-            "command": list(cfg.start_command),
-            "port": port,
-            "pid": str(cfg.pid_file),
-            "log": str(cfg.log_file),
-            "test_id": dict(cfg.env)[MARKER],
-            "go": str(go) if go else None,
-            "ready": str(self.ready),
-            "release": str(self.release_file),
-            "counter": str(counter),
-            "pause": pause,
-            "stop": stop,
-        }
-        env = {**os.environ, "PYTHONPATH": str(TESTS_DIR)}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", _CHILD, json.dumps(spec)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-
-    def report(self, timeout: float = 60.0) -> dict:
-        """What the child reported once inside its block (or its StartError)."""
-        deadline = time.monotonic() + timeout
-        while not self.ready.exists():
-            if self.proc.poll() is not None:
-                out = self.proc.stdout.read() if self.proc.stdout else ""
-                pytest.fail(f"child exited with {self.proc.returncode} before reporting: {out}")
-            assert time.monotonic() < deadline, "child did not report in time"
-            time.sleep(0.02)
-        return json.loads(self.ready.read_text())
-
-    def release(self, timeout: float = 60.0) -> None:
-        """Let the child leave its block and wait until it has exited successfully."""
-        self.release_file.touch()
-        out, _ = self.proc.communicate(timeout=timeout)
-        assert self.proc.returncode == 0, out
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.communicate(timeout=30)
+    Each child's ``message()`` then says what it saw inside (or its
+    ``StartError``); ``leave()`` lets it out and checks that it exited cleanly.
+    """
+    children = [
+        child(_ENTER_BLOCK, str(counter), str(pause), json.dumps(None), daemon=daemon)
+        for _ in range(count)
+    ]
+    release_together(children)
+    return children
 
 
-def cleanup(children: list[Child]) -> None:
-    for child in children:
-        child.release_file.touch()
-    for child in children:
-        try:
-            child.proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            child.kill()
+def leave(proc) -> None:
+    """Let a child out of its block and wait until it has exited successfully."""
+    proc.send("leave")
+    proc.finish()
 
 
 # -- basic blocks -------------------------------------------------------------------------
@@ -428,7 +310,7 @@ def test_nested_blocks_in_one_thread(echo):
 
 def test_several_threads_entering_at_once_start_it_once(echo, tmp_path):
     counter = tmp_path / "starts"
-    daemon = echo("--wait-before-listen", "0.3").before_start(appender(counter))
+    daemon = echo("--wait-before-listen", "0.3").before_start(BeforeStart(counter))
     go = threading.Barrier(6)
     all_inside = threading.Barrier(6)
 
@@ -444,7 +326,7 @@ def test_several_threads_entering_at_once_start_it_once(echo, tmp_path):
         pids = [worker.finish() for worker in workers]
         assert len(set(pids)) == 1
         assert pids[0] is not None
-        assert lines(counter) == ["start"]
+        assert count_starts(counter) == 1
         assert daemonized_count(echo.log_file) == 1
         assert wait_until(lambda: gone(pids[0]))
         assert not daemon.is_running()
@@ -458,96 +340,84 @@ def test_several_threads_entering_at_once_start_it_once(echo, tmp_path):
 
 
 @pytest.mark.parametrize("starter", ["child", "parent"])
-def test_overlapping_blocks_in_two_processes(echo, tmp_path, starter):
+def test_overlapping_blocks_in_two_processes(echo, tmp_path, child, starter):
     """The block that started the daemon leaves first; the other process stops it."""
     daemon = echo()
     counter = tmp_path / "starts"
-    children: list[Child] = []
     try:
         if starter == "child":
-            child = Child(daemon, echo.port, tmp_path, "child", counter=counter)
-            children.append(child)
-            pid = child.report()["pid"]
+            (other,) = entering(child, daemon, counter)
+            pid = other.message()["pid"]
             assert pid is not None
             with daemon.running():
                 assert daemon.read_pid() == pid
-                child.release()
+                leave(other)
                 assert daemon.read_pid() == pid
                 assert not gone(pid)
         else:
             with daemon.running():
                 pid = daemon.read_pid()
-                child = Child(daemon, echo.port, tmp_path, "child", counter=counter)
-                children.append(child)
-                assert child.report()["pid"] == pid
+                (other,) = entering(child, daemon, counter)
+                assert other.message()["pid"] == pid
             # We started it and left; the child is still inside.
             assert daemon.read_pid() == pid
             assert not gone(pid)
-            child.release()
+            leave(other)
         assert wait_until(lambda: gone(pid))
         assert not daemon.is_running()
         assert daemonized_count(echo.log_file) == 1
     finally:
-        cleanup(children)
         daemon.stop()
 
 
 @pytest.mark.parametrize("starter", ["killed child", "parent"])
-def test_process_killed_inside_a_block_does_not_keep_the_daemon_up(echo, tmp_path, starter):
+def test_process_killed_inside_a_block_does_not_keep_the_daemon_up(echo, tmp_path, child, starter):
     daemon = echo()
     counter = tmp_path / "starts"
-    children: list[Child] = []
+
+    def kill(other) -> None:
+        other.signal(signal.SIGKILL)
+        assert other.wait() == -signal.SIGKILL
+
     try:
         if starter == "killed child":
-            child = Child(daemon, echo.port, tmp_path, "child", counter=counter)
-            children.append(child)
-            pid = child.report()["pid"]
+            (other,) = entering(child, daemon, counter)
+            pid = other.message()["pid"]
             with daemon.running():
                 assert daemon.read_pid() == pid
-                os.kill(child.proc.pid, signal.SIGKILL)
-                child.kill()
-                assert child.proc.returncode == -signal.SIGKILL
+                kill(other)
                 assert daemon.read_pid() == pid
         else:
             with daemon.running():
                 pid = daemon.read_pid()
-                child = Child(daemon, echo.port, tmp_path, "child", counter=counter)
-                children.append(child)
-                assert child.report()["pid"] == pid
-                os.kill(child.proc.pid, signal.SIGKILL)
-                child.kill()
-                assert child.proc.returncode == -signal.SIGKILL
+                (other,) = entering(child, daemon, counter)
+                assert other.message()["pid"] == pid
+                kill(other)
                 assert daemon.read_pid() == pid
         assert wait_until(lambda: gone(pid))
         assert not daemon.is_running()
     finally:
-        cleanup(children)
         daemon.stop()
 
 
-def test_several_processes_entering_at_once_start_it_once(echo, tmp_path):
+def test_several_processes_entering_at_once_start_it_once(echo, tmp_path, child):
     daemon = echo("--wait-before-listen", "0.3")
     counter = tmp_path / "starts"
-    go = tmp_path / "go"
-    children = [
-        Child(daemon, echo.port, tmp_path, f"child{i}", go=go, counter=counter) for i in range(4)
-    ]
     try:
-        go.touch()
-        reports = [child.report() for child in children]
+        children = entering(child, daemon, counter, count=4)
+        reports = [other.message() for other in children]
         pids = {report["pid"] for report in reports}
         assert len(pids) == 1
         (pid,) = pids
         assert pid is not None
         assert daemon.read_pid() == pid
-        assert len(lines(counter)) == 1
+        assert count_starts(counter) == 1
         assert daemonized_count(echo.log_file) == 1
-        for child in children:
-            child.release()
+        for other in children:
+            leave(other)
         assert wait_until(lambda: gone(pid))
         assert not daemon.is_running()
     finally:
-        cleanup(children)
         daemon.stop()
 
 
@@ -557,7 +427,7 @@ def test_several_processes_entering_at_once_start_it_once(echo, tmp_path):
 def failing(echo, counter: Path, pause: float = 0.5) -> Daemon:
     return echo(
         "--before-daemonize-message", FAIL_MESSAGE, "--exit-before-daemonize", "1"
-    ).before_start(appender(counter, pause=pause))
+    ).before_start(BeforeStart(counter, pause))
 
 
 def assert_same_failure(errors: list[BaseException]) -> None:
@@ -585,7 +455,7 @@ def test_failed_start_is_shared_by_threads_entering_at_once(echo, tmp_path):
         worker.join(60)
         assert not worker.is_alive()
     assert_same_failure([worker.error for worker in workers])
-    assert lines(counter) == ["start"]
+    assert count_starts(counter) == 1
     assert not daemon.is_running()
     assert echo.marked() == []
 
@@ -593,14 +463,14 @@ def test_failed_start_is_shared_by_threads_entering_at_once(echo, tmp_path):
     with pytest.raises(StartError) as again:
         enter_unstartable(daemon)
     assert FAIL_MESSAGE in again.value.output
-    assert lines(counter) == ["start", "start"]
+    assert count_starts(counter) == 2
 
 
 def test_entrant_that_waited_for_a_failing_start_gets_its_error(echo, tmp_path):
     """Deterministic: the second block enters while the first one is spawning."""
     counter = tmp_path / "starts"
     spawning = threading.Event()
-    record = appender(counter, pause=1.0)
+    record = BeforeStart(counter, pause=1.0)
 
     def before_start():
         spawning.set()
@@ -616,7 +486,7 @@ def test_entrant_that_waited_for_a_failing_start_gets_its_error(echo, tmp_path):
         enter_unstartable(daemon)
     first.join(60)
     assert_same_failure([first.error, late.value])
-    assert lines(counter) == ["start"]
+    assert count_starts(counter) == 1
 
 
 def refused_connection(port: int):
@@ -648,11 +518,11 @@ def test_failed_start_is_shared_by_threads_connecting_at_once(echo, tmp_path):
         worker.join(60)
         assert not worker.is_alive()
     assert_same_failure([worker.error for worker in workers])
-    assert lines(counter) == ["start"]
+    assert count_starts(counter) == 1
 
     with pytest.raises(StartError):
         daemon.connect(connect)
-    assert lines(counter) == ["start", "start"]
+    assert count_starts(counter) == 2
     assert echo.marked() == []
 
 
@@ -660,7 +530,7 @@ def test_connect_that_waited_for_a_failing_start_gets_its_error(echo, tmp_path):
     """Deterministic: the second connect() begins while the first one is spawning."""
     counter = tmp_path / "starts"
     spawning = threading.Event()
-    record = appender(counter, pause=1.0)
+    record = BeforeStart(counter, pause=1.0)
 
     def before_start():
         spawning.set()
@@ -676,10 +546,10 @@ def test_connect_that_waited_for_a_failing_start_gets_its_error(echo, tmp_path):
         daemon.connect(connect)
     first.join(60)
     assert_same_failure([first.error, late.value])
-    assert lines(counter) == ["start"]
+    assert count_starts(counter) == 1
 
 
-def test_failed_start_is_shared_by_processes_entering_at_once(echo, tmp_path):
+def test_failed_start_is_shared_by_processes_entering_at_once(echo, tmp_path, child):
     """Fails after daemonizing, so that the shared log lines are not empty either."""
     counter = tmp_path / "starts"
     daemon = echo(
@@ -690,23 +560,15 @@ def test_failed_start_is_shared_by_processes_entering_at_once(echo, tmp_path):
         "--exit-after-daemonize",
         "1",
     )
-    go = tmp_path / "go"
-    children = [
-        Child(daemon, echo.port, tmp_path, f"child{i}", go=go, counter=counter, pause=0.5)
-        for i in range(4)
-    ]
-    try:
-        go.touch()
-        errors = [child.report()["error"] for child in children]
-        for child in children:
-            child.release()
-        assert len(lines(counter)) == 1
-        assert FAIL_MESSAGE in errors[0]["output"]
-        assert "configuration is broken" in errors[0]["log"]
-        assert all(error == errors[0] for error in errors)
-        assert not daemon.is_running()
-    finally:
-        cleanup(children)
+    children = entering(child, daemon, counter, count=4, pause=0.5)
+    errors = [other.message()["error"] for other in children]
+    for other in children:
+        other.finish()
+    assert count_starts(counter) == 1
+    assert FAIL_MESSAGE in errors[0]["output"]
+    assert "configuration is broken" in errors[0]["log"]
+    assert all(error == errors[0] for error in errors)
+    assert not daemon.is_running()
 
 
 # -- stop=True and stop=False --------------------------------------------------------------

@@ -5,8 +5,8 @@ disappears, which real daemons delete just before exiting), stopping when not
 running, the stop signal (names and numbers), the stop timeout and its SIGKILL,
 stop commands (success, failure, ``dont_stop_if_pid_file_invalid``), restart with
 and without a restart command, never signalling PIDs 0/1/negative/our own/our
-parent's, not signalling a process that reused the daemon's PID, and stop racing
-``is_running()`` in another thread.
+parent's, and stop racing ``is_running()`` in another thread. A process that
+reused the daemon's PID is in ``test_pidfile.py``.
 """
 
 from __future__ import annotations
@@ -16,27 +16,21 @@ import json
 import os
 import shlex
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import psutil
 import pytest
 from echo_server import echo_command
-from helpers import gone
+from helpers import dead_pid, gone, roundtrip
 
-from daemon_controller import StartError, StopError, StopTimeout
+from daemon_controller import Daemon, StartError, StopError, StopTimeout
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from conftest import EchoFactory
-
-    from daemon_controller import Daemon
-
-_REPO = Path(__file__).resolve().parent.parent
 
 
 # -- helpers -----------------------------------------------------------------------------
@@ -44,24 +38,6 @@ _REPO = Path(__file__).resolve().parent.parent
 
 def alive(pid: int) -> bool:
     return not gone(pid)
-
-
-def roundtrip(port: int, payload: bytes = b"hello") -> bytes:
-    """Send ``payload`` to the echo server and read back everything it returns."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(payload)
-        sock.shutdown(socket.SHUT_WR)
-        chunks = []
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def dead_pid() -> int:
-    """The PID of a process that has exited and been reaped."""
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait(timeout=30)
-    return proc.pid
 
 
 def log_text(echo: EchoFactory) -> str:
@@ -135,7 +111,7 @@ def test_stop_waits_for_exit_not_for_the_pid_file(echo: EchoFactory, tmp_path: P
         restarted = echo("--stop-delay", "1.0", port=port)
         new_pid = started(restarted)
         assert new_pid != pid
-        assert roundtrip(port) == b"hello"
+        assert roundtrip(port) == b"hello daemon\n"
         # restart() of a daemon that takes 1 s to stop also waits for the exit.
         restarted.restart()
         newest = restarted.read_pid()
@@ -259,7 +235,7 @@ def test_restart_stops_then_starts(echo: EchoFactory) -> None:
         assert new is not None
         assert new != old
         assert gone(old)
-        assert roundtrip(echo.port) == b"hello"
+        assert roundtrip(echo.port) == b"hello daemon\n"
         daemon.stop()
         assert gone(new)
     finally:
@@ -273,7 +249,7 @@ def test_restart_when_not_running_starts(echo: EchoFactory) -> None:
     pid = daemon.read_pid()
     try:
         assert pid is not None
-        assert roundtrip(echo.port) == b"hello"
+        assert roundtrip(echo.port) == b"hello daemon\n"
     finally:
         force_cleanup(daemon, pid)
 
@@ -308,7 +284,7 @@ def test_restart_command_returns_once_the_new_daemon_answers(
     try:
         daemon.restart()  # the new server listens 1 s after it wrote its PID file
         assert marker.exists()
-        assert roundtrip(port) == b"hello"  # answered as soon as restart() returned
+        assert roundtrip(port) == b"hello daemon\n"  # answered as soon as restart() returned
         new = daemon.read_pid()
         assert new is not None
         assert new != old
@@ -335,77 +311,47 @@ def test_failing_restart_command_raises_start_error(echo: EchoFactory) -> None:
 # child checks read_pid() first and refuses to call stop() if the library takes
 # the forbidden PID for the daemon (PID 1 here is the sandbox's init).
 _FORBIDDEN_CHILD = """
-import os, sys
 import psutil
-from daemon_controller import Daemon
-what, pid_file = sys.argv[1], sys.argv[2]
+what, pid_file = args[0], daemon.config.pid_file
 content = {"self": str(os.getpid()), "parent": str(os.getppid())}.get(what, what)
-with open(pid_file, "w") as f:
-    f.write(content + "\\n")
-daemon = Daemon("forbidden").pid(pid_file).stop_timeout(5)
+pid_file.write_text(content + "\\n")
 if daemon.read_pid() is not None or daemon.is_running():
     sys.exit("the library took PID %s for the daemon" % content)
-with open(pid_file, "w") as f:
-    f.write(content + "\\n")
+pid_file.write_text(content + "\\n")
 daemon.stop()
 assert psutil.pid_exists(1)
-print("survived")
+tell_parent("survived")
 """
 
 # The parent of the child above: it notices a SIGTERM sent to it.
 _FORBIDDEN_PARENT = """
-import signal, subprocess, sys
+import signal
+from helpers import Child
 hit = []
 signal.signal(signal.SIGTERM, lambda *_: hit.append(1))
-child = subprocess.run([sys.executable, "-c", sys.argv[1], "parent", sys.argv[2]])
+grandchild = Child(args[0], "parent", daemon=daemon)
+said = grandchild.message()
+status = grandchild.wait()
 if hit:
     sys.exit("the parent was signalled")
-sys.exit(child.returncode)
+if status:
+    sys.exit(grandchild.stderr)
+tell_parent(said)
 """
 
 
 @pytest.mark.parametrize("content", ["0", "1", "-1", "-42", "self", "parent"])
-def test_stop_never_signals_forbidden_pids(tmp_path: Path, test_id: str, content: str) -> None:
-    pid_file = tmp_path / "d.pid"
-    if content == "parent":
-        argv = [sys.executable, "-c", _FORBIDDEN_PARENT, _FORBIDDEN_CHILD, str(pid_file)]
-    else:
-        argv = [sys.executable, "-c", _FORBIDDEN_CHILD, content, str(pid_file)]
-    result = subprocess.run(
-        argv,
-        cwd=_REPO,
-        env={**os.environ, "DC_TEST_ID": test_id},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        start_new_session=True,
-        check=False,
-    )
-    assert result.returncode == 0, (result.returncode, result.stderr)
-    assert result.stdout.strip() == "survived"
-    assert psutil.pid_exists(1)
-
-
-def test_stop_does_not_signal_a_process_that_reused_the_pid(
-    echo: EchoFactory, test_id: str
+def test_stop_never_signals_forbidden_pids(
+    tmp_path: Path, test_id: str, child, content: str
 ) -> None:
-    sleeper = subprocess.Popen(["sleep", "60"], env={**os.environ, "DC_TEST_ID": test_id})
-    try:
-        echo.pid_file.write_text(f"{sleeper.pid}\n")
-        an_hour_ago = time.time() - 3600
-        os.utime(echo.pid_file, (an_hour_ago, an_hour_ago))
-        # The PID file predates the process: the daemon died and its PID was reused.
-        daemon = echo()
-        assert daemon.is_running() is False
-        echo.pid_file.write_text(f"{sleeper.pid}\n")
-        os.utime(echo.pid_file, (an_hour_ago, an_hour_ago))
-        daemon.stop()
-        time.sleep(0.2)  # a signal, had one been sent, is delivered by now
-        assert sleeper.poll() is None
-        assert alive(sleeper.pid)
-    finally:
-        sleeper.kill()
-        sleeper.wait(timeout=10)
+    daemon = Daemon("forbidden").pid(tmp_path / "d.pid").stop_timeout(5)
+    if content == "parent":
+        script, args = _FORBIDDEN_PARENT, [_FORBIDDEN_CHILD]
+    else:
+        script, args = _FORBIDDEN_CHILD, [content]
+    checker = child(script, *args, daemon=daemon, marker=test_id, new_session=True)
+    assert checker.finish() == "survived", checker.stderr
+    assert psutil.pid_exists(1)
 
 
 # -- threads -----------------------------------------------------------------------------

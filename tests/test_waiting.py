@@ -1,13 +1,9 @@
-"""Deadlines and polling in virtual time, and the platform boundary."""
+"""Deadlines and polling in virtual time."""
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 
-from daemon_controller import _platform
-from daemon_controller._platform import _posix, _windows
 from daemon_controller._waiting import Deadline, poll_until
 
 
@@ -102,33 +98,3 @@ def test_deadline_without_limit():
     d = Deadline(None, FakeClock())
     assert d.remaining() == float("inf")
     assert not d.expired()
-
-
-@pytest.mark.skipif(sys.platform == "win32", reason="POSIX machine needed")
-def test_the_platform_implementation_is_chosen_once():
-    # Both modules import everywhere; the package re-exports the one for this OS.
-    assert _platform.parse_signal is _posix.parse_signal
-    assert _platform.exit_handle is _posix.exit_handle
-    assert _windows.parse_signal is not _posix.parse_signal
-
-
-@pytest.mark.skipif(sys.platform != "win32", reason="Windows machine needed")
-def test_the_windows_implementation_is_chosen_on_windows():  # pragma: win32 cover
-    assert _platform.parse_signal is _windows.parse_signal
-
-
-@pytest.mark.parametrize("value", ["TERM", "SIGTERM", "term", 15])
-def test_parse_signal_accepts_names_and_numbers(value):
-    if sys.platform == "win32":
-        pytest.skip("POSIX signal names")
-    assert _platform.parse_signal(value) == 15
-
-
-@pytest.mark.parametrize("pid", [0, 1, -1, -5])
-def test_never_signals_pid_0_1_or_negative(pid):
-    if sys.platform == "win32":
-        pytest.skip("POSIX")
-    with pytest.raises(ValueError, match="refusing"):
-        _platform.send_signal(pid, 0)
-    with pytest.raises(ValueError, match="refusing"):
-        _platform.force_kill(pid)

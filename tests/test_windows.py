@@ -10,20 +10,15 @@ import sys
 import threading
 
 import pytest
+from helpers import free_port
 
 from daemon_controller import Daemon, _lock
 
 pytestmark = pytest.mark.skipif(sys.platform != "win32", reason="Windows machine needed")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_foreground_program_starts_and_stops(tmp_path):  # pragma: win32 cover
-    port = _free_port()
+    port = free_port()
     web = (
         Daemon("web")
         .start_with([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"])

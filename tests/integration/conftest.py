@@ -26,12 +26,12 @@ import re
 import shutil
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 import pytest
+from helpers import gone, wait_until
 
 REQUIRE_ENV = "DAEMON_CONTROLLER_REQUIRE_DAEMONS"
 _HERE = Path(__file__).parent
@@ -148,25 +148,6 @@ def pg_user() -> str | None:
     except KeyError:
         unavailable("running as root, but there is no 'postgres' user to run PostgreSQL as")
     return "postgres"
-
-
-def gone(pid: int) -> bool:
-    """The process has exited (a zombie waiting for its parent to reap it counts)."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def wait_until(predicate: object, timeout: float = 10.0, interval: float = 0.01) -> bool:
-    """Poll ``predicate()`` until it is true or ``timeout`` seconds have passed."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():  # type: ignore[operator]
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
 
 
 @dataclass

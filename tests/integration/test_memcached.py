@@ -20,8 +20,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from echo_server import free_port
-from helpers import time_start_stop
+from helpers import MARKER, free_port, time_start_stop
 
 from daemon_controller import Daemon, StartError
 
@@ -50,7 +49,7 @@ def memcached_daemon(
         .stop_timeout(20)
         .start_abort_timeout(3)
         .log_activity_timeout(1)
-        .env({"DC_TEST_ID": test_id})
+        .env({MARKER: test_id})
     )
 
 
@@ -143,18 +142,23 @@ def test_port_taken_error_is_lost_without_v(memcached_bin, work, procs, test_id)
     assert "(logs empty" in str(caught.value)
 
 
-def test_unwritable_pid_file_fails_with_memcached_line(memcached_bin, work, procs, test_id):
-    """memcached keeps running when it cannot write its PID file; the start must fail."""
-    port = free_port()
+def start_with_unwritable_pid_file(memcached_bin, work, test_id) -> StartError:
+    """Start memcached with a PID file in a missing directory; return the StartError."""
     missing = work / "no-such-dir" / "memcached.pid"
     cache = (
-        memcached_daemon(memcached_bin, work, port, test_id, pid_arg=str(missing))
+        memcached_daemon(memcached_bin, work, free_port(), test_id, pid_arg=str(missing))
         .pid(missing)
         .lock(work / "memcached.lock")
     )
     with pytest.raises(StartError) as caught:
         cache.start()
-    assert f"Could not open the pid file {missing}" in str(caught.value)
+    return caught.value
+
+
+def test_unwritable_pid_file_fails_with_memcached_line(memcached_bin, work, procs, test_id):
+    """memcached keeps running when it cannot write its PID file; the start must fail."""
+    error = start_with_unwritable_pid_file(memcached_bin, work, test_id)
+    assert f"Could not open the pid file {work / 'no-such-dir' / 'memcached.pid'}" in str(error)
     assert procs.wait_until(lambda: not procs.survivors(), timeout=10)
 
 
@@ -162,16 +166,8 @@ def test_unwritable_pid_file_error_does_not_claim_memcached_exited(
     memcached_bin, work, procs, test_id
 ):
     """The daemon was alive (the library stopped it afterwards): the message must say so."""
-    port = free_port()
-    missing = work / "no-such-dir" / "memcached.pid"
-    cache = (
-        memcached_daemon(memcached_bin, work, port, test_id, pid_arg=str(missing))
-        .pid(missing)
-        .lock(work / "memcached.lock")
-    )
-    with pytest.raises(StartError) as caught:
-        cache.start()
-    assert "exited" not in caught.value.message, caught.value.message
+    error = start_with_unwritable_pid_file(memcached_bin, work, test_id)
+    assert "exited" not in error.message, error.message
 
 
 def test_relative_pid_file_is_relative_to_root_after_d(memcached_bin, work, procs, test_id):

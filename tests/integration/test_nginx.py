@@ -23,8 +23,7 @@ from typing import TYPE_CHECKING
 
 import psutil
 import pytest
-from echo_server import free_port
-from helpers import time_start_stop
+from helpers import MARKER, free_port, time_start_stop
 
 from daemon_controller import Daemon, StartError, StopTimeout
 
@@ -82,7 +81,7 @@ def nginx_daemon(nginx: str, work: Path, port: int, test_id: str) -> Daemon:
         .start_timeout(20)
         .stop_timeout(20)
         .start_abort_timeout(3)
-        .env({"DC_TEST_ID": test_id})
+        .env({MARKER: test_id})
     )
 
 

@@ -22,8 +22,7 @@ from typing import TYPE_CHECKING
 
 import psutil
 import pytest
-from echo_server import free_port
-from helpers import time_start_stop
+from helpers import MARKER, free_port, time_start_stop
 
 from daemon_controller import Daemon, StartError, StartTimeout, StopError
 
@@ -75,7 +74,7 @@ class Cluster:
             .start_timeout(60)
             .stop_timeout(60)
             .start_abort_timeout(5)
-            .env({"DC_TEST_ID": self.test_id})
+            .env({MARKER: self.test_id})
         )
         return daemon.user(self.user) if self.user else daemon
 
@@ -219,7 +218,7 @@ def test_postgres_refuses_to_run_as_root(pg, owned_dir, procs, test_id):
         .pid(base / "postmaster.pid")
         .log(base / "postgresql.log")
         .start_timeout(30)
-        .env({"DC_TEST_ID": test_id})
+        .env({MARKER: test_id})
     )
     with pytest.raises(StartError) as caught:
         server.start()

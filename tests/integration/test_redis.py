@@ -15,23 +15,16 @@ waits), and start/stop times.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from echo_server import free_port
-from helpers import time_start_stop
+from helpers import MARKER, count_starts, free_port, release_together, time_start_stop
 
 from daemon_controller import Daemon, StartError
-
-_REPO = Path(__file__).resolve().parents[2]
-
 
 # -- a minimal RESP client ---------------------------------------------------------------
 
@@ -115,7 +108,7 @@ def redis_daemon(redis: str, work: Path, port: int, test_id: str) -> Daemon:
         .start_timeout(20)
         .stop_timeout(20)
         .start_abort_timeout(3)
-        .env({"DC_TEST_ID": test_id})
+        .env({MARKER: test_id})
     )
 
 
@@ -260,68 +253,40 @@ def test_port_taken_after_daemonizing_shows_redis_log_line(redis_bin, work, proc
     assert not redis.is_running()
 
 
+# args: this directory, then what redis_daemon() takes.
 _WORKER = """
-import json, os, socket, sys, time
 from pathlib import Path
-sys.path.insert(0, sys.argv[1])
+sys.path.insert(0, args[0])
+from helpers import BeforeStart
 from test_redis import redis_daemon, redis_pid
-work, port, test_id, go = Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4], Path(sys.argv[5])
-def before_start():
-    with (work / "starts.log").open("a") as f:
-        f.write("start\\n")
-redis = redis_daemon(sys.argv[6], work, port, test_id).before_start(before_start)
-(work / f"ready-{os.getpid()}").touch()
-while not go.exists():
-    time.sleep(0.001)
+redis_bin, work, port, test_id = args[1], Path(args[2]), int(args[3]), args[4]
+redis = redis_daemon(redis_bin, work, port, test_id)
+redis = redis.before_start(BeforeStart(work / "starts.jsonl"))
+tell_parent("ready")
+wait_for_parent()
 sock = redis.connect(lambda: socket.create_connection(("127.0.0.1", port), timeout=10))
 sock.close()
-print(json.dumps({"pid": redis_pid(port)}))
+tell_parent({"pid": redis_pid(port)})
 """
 
 
-def test_connect_from_several_processes_starts_redis_once(redis_bin, work, procs, test_id):
+def test_connect_from_several_processes_starts_redis_once(redis_bin, work, procs, test_id, child):
     port = free_port()
     write_config(work, port)
     redis = redis_daemon(redis_bin, work, port, test_id)
-    go = work / "go"
     here = str(Path(__file__).parent)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(_REPO), here, str(_REPO / "tests")])}
-    workers = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                _WORKER,
-                here,
-                str(work),
-                str(port),
-                test_id,
-                str(go),
-                redis_bin,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        for _ in range(6)
-    ]
+    args = (here, redis_bin, str(work), str(port), test_id)
+    workers = [child(_WORKER, *args) for _ in range(6)]
     pid = None
     try:
-        assert procs.wait_until(lambda: len(list(work.glob("ready-*"))) == 6, timeout=60)
-        go.touch()  # all six connect at the same moment
-        results = [worker.communicate(timeout=60) for worker in workers]
-        pid = procs.track(redis.read_pid())
-        for (_, err), worker in zip(results, workers, strict=True):
-            assert worker.returncode == 0, err
-        seen = {json.loads(out)["pid"] for out, _ in results}
-        assert seen == {pid}
-        assert (work / "starts.log").read_text().splitlines() == ["start"]
-    finally:
+        release_together(workers)  # all six connect at the same moment
+        seen = {worker.message()["pid"] for worker in workers}
         for worker in workers:
-            if worker.poll() is None:
-                worker.kill()
-                worker.wait()
+            worker.finish()
+        pid = procs.track(redis.read_pid())
+        assert seen == {pid}
+        assert count_starts(work / "starts.jsonl") == 1
+    finally:
         redis.stop()
         kill(pid)
 
