@@ -33,6 +33,7 @@ from ._options import DaemonConfig
 from ._probes import CallablePing, CommandPing, HttpPing, Probe, TcpPing, UnixPing
 from ._ruby import DaemonController
 from ._scoped import Running
+from ._status import Status
 from ._toml import load
 
 __version__ = "0.1.0"
@@ -52,6 +53,7 @@ __all__ = [
     "Running",
     "StartError",
     "StartTimeout",
+    "Status",
     "StopError",
     "StopTimeout",
     "TcpPing",

@@ -15,8 +15,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, TypeVar
 
 from . import _commands, _failures, _lock, _options, _ownership, _pidfile, _stop
-from ._errors import AlreadyStarted, ConnectError, StartError, StartTimeout
-from ._probes import holder, is_connect_error
+from ._errors import AlreadyStarted, ConnectError, StartError, StartTimeout, hide_frames
+from ._probes import PingUnusable, has_address, holder, is_connect_error
 from ._start import Start
 from ._waiting import SYSTEM_CLOCK, Deadline, poll_until
 
@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
     from ._options import Command, StartTarget, Target
     from ._probes import Probe
+
+#: pytest shows our errors without our frames (see ``_errors.hide_frames``).
+__tracebackhide__ = hide_frames
 
 T = TypeVar("T")
 
@@ -47,10 +50,12 @@ def _refuse_stranger(target: StartTarget) -> None:
 
     Otherwise the new daemon would fail to bind (or worse, start() would report
     success because the stranger answers) and the caller would talk to
-    whatever holds the port.
+    whatever holds the port. Only an address can be checked this way: a
+    function or a command as ping may answer for reasons of its own (the
+    gem's semantics: spawn, wait for the PID file, then ping).
     """
     probe = target.probe
-    if not probe.check(0.5):
+    if not has_address(probe) or not probe.check(0.5):
         return
     who = holder(probe)
     where = f" by {who}" if who else ""
@@ -152,7 +157,13 @@ def restart_with(target: Target, command: Command, probe: Probe) -> None:
             )
 
         def ready() -> bool | None:
-            return True if _pidfile.live_pid(pid_file) is not None and probe.check(0.5) else None
+            if _pidfile.live_pid(pid_file) is None:
+                return None
+            try:
+                return True if probe.check(0.5) else None
+            except PingUnusable as err:
+                msg = f"Daemon '{target.name}' did not restart: its ping can never answer"
+                raise StartError(target.name, f"{msg}: {err.detail}", ran=False) from err
 
         if not poll_until(ready, deadline=deadline, max_interval=cfg.ping_interval):
             msg = (
@@ -173,7 +184,7 @@ def read_pid(target: Target) -> int | None:
     PID file's ``stat`` and one ``poll``.
     """
     pid_file = target.files.pid
-    with _lock.locked(target.files.lock, target.name, shared=True, missing_dir_ok=True):
+    with _lock.locked(target.files.lock, target.name, shared=True, create=False):
         pid = _pidfile.live_pid(pid_file)
         if pid is None:
             _stop.remove_stale(pid_file)

@@ -15,12 +15,16 @@ from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
 from . import _platform, _tracking
+from ._errors import hide_frames
 from ._options import command_text
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from ._options import Command, DaemonConfig
+
+#: pytest shows our errors without our frames (see ``_errors.hide_frames``).
+__tracebackhide__ = hide_frames
 
 
 def environment(config: DaemonConfig, marker: str | None = None) -> dict[str, str] | None:
@@ -58,6 +62,7 @@ def popen_args(command: Command) -> tuple[str | Sequence[str], bool]:
 
 
 _SHELL_SYNTAX = re.compile(r"[;&|<>()`$\n{}*?\[\]~#]|^\s*\w+=")
+_ALREADY_EXEC = re.compile(r"\s*exec(\s|$)")
 
 
 def exec_in_shell(command: str) -> str:
@@ -67,9 +72,12 @@ def exec_in_shell(command: str) -> str:
     PID we see would be the shell's, and stopping it would leave the program
     running. ``exec`` makes the shell become the program. Commands using shell
     syntax (pipes, ``&&``, redirections, variables, ``VAR=value`` prefixes)
-    are left alone; their process group is signalled on stop instead.
+    are left alone; their process group is signalled on stop instead. A
+    command that already starts with ``exec`` is left as it is.
     """
-    return command if _SHELL_SYNTAX.search(command) else f"exec {command}"
+    if _SHELL_SYNTAX.search(command) or _ALREADY_EXEC.match(command):
+        return command
+    return f"exec {command}"
 
 
 def describe_exit(returncode: int) -> tuple[int | None, str | None]:

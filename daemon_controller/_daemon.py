@@ -17,21 +17,25 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
-from . import _actions, _options, _platform
-from ._errors import DaemonError
+from . import _actions, _options, _platform, _status
+from ._errors import DaemonError, hide_frames
 from ._files import default_stem
-from ._options import DaemonConfig, PathArg, absolute
+from ._options import DaemonConfig, PathArg, absolute, command_text
 from ._probes import CallablePing, CommandPing, HttpPing, TcpPing, UnixPing
 from ._scoped import Running
 
 if TYPE_CHECKING:
     import logging
     from collections.abc import Callable, Mapping, Sequence
-    from pathlib import Path
 
     from ._options import StartTarget, Target
+    from ._status import Status
+
+#: pytest shows our errors without our frames (see ``_errors.hide_frames``).
+__tracebackhide__ = hide_frames
 
 T = TypeVar("T")
 
@@ -83,10 +87,12 @@ class Daemon:
 
         A daemon the library runs in the foreground (``foreground()``) without
         ``pid()`` or ``log()`` gets files in a private per-user runtime
-        directory, named after the daemon, so
-        ``Daemon("web").start_with([...]).foreground().ping_tcp(...)`` is a
-        complete description. Other daemons write their PID file where they
-        want; the library must be told where.
+        directory, so ``Daemon("web").start_with([...]).foreground().ping_tcp(...)``
+        is a complete description. The files are named after the daemon and
+        keyed by its name, its working directory (``cwd()``, or the process's
+        when the daemon is first used) and its start command: two projects'
+        ``web`` daemons never share them. Other daemons write their PID file
+        where they want; the library must be told where.
 
         Raises:
             DaemonError: The runtime directory is not safe to use.
@@ -99,7 +105,12 @@ class Daemon:
         except (OSError, NotImplementedError) as err:
             msg = f"Daemon '{self.name}': no runtime directory for its default files: {err}"
             raise DaemonError(self.name, msg) from err
-        stem = default_stem(self.name)
+        command = cfg.start_command
+        if command is None or callable(command):
+            command_key = getattr(command, "__qualname__", "")
+        else:
+            command_key = command_text(command)
+        stem = default_stem(self.name, str(cfg.cwd or Path.cwd()), command_key)
         return replace(
             self,
             config=replace(
@@ -266,29 +277,12 @@ class Daemon:
 
     def keep_fds(self, *fds: int | Any) -> Self:  # noqa: ANN401 - anything with fileno()
         """File descriptors (ints, or objects with ``fileno()``) the start command inherits."""
-        numbers: list[int] = []
-        for fd in fds:
-            number = fd if isinstance(fd, int) and not isinstance(fd, bool) else None
-            fileno = getattr(fd, "fileno", None)
-            if number is None and callable(fileno):
-                number = fileno()
-            if not isinstance(number, int) or number < 0:
-                msg = f"Daemon '{self.name}': keep_fds() takes file descriptors, not {fd!r}"
-                raise TypeError(msg)
-            numbers.append(number)
-        return self._with(keep_fds=tuple(numbers))
+        return self._with(keep_fds=_options.descriptors(self.name, fds))
 
     def env(self, mapping: Mapping[str, str] | None = None, /, **variables: str) -> Self:
         """Extra environment variables for the commands (added to earlier ``env()`` calls)."""
-        merged = dict(self.config.env)
-        for key, value in {**(mapping or {}), **variables}.items():
-            if not isinstance(key, str) or not isinstance(value, str):
-                msg = (
-                    f"Daemon '{self.name}': env() takes str names and values, not {key!r}={value!r}"
-                )
-                raise TypeError(msg)
-            merged[key] = value
-        return self._with(env=tuple(merged.items()))
+        added = {**(mapping or {}), **variables}
+        return self._with(env=_options.environment(self.name, self.config.env, added))
 
     def cwd(self, path: PathArg) -> Self:
         """The working directory for the start, stop and restart commands."""
@@ -365,6 +359,18 @@ class Daemon:
     def read_pid(self) -> int | None:
         """The PID of the running daemon, or ``None`` (missing, corrupt or stale PID file)."""
         return _actions.read_pid(self._target())
+
+    def status(self, timeout: float = 1.0) -> Status:
+        """What the daemon is doing right now: PID, since when, and whether it answers.
+
+        Unlike :meth:`is_running` (the gem's meaning: the PID file names a
+        live process), this also asks the ping, so a daemon that runs but
+        does not answer is told apart.
+
+        Args:
+            timeout: How long the ping may take, in seconds.
+        """
+        return _status.status(self._target(), timeout)
 
     def running(self, stop: bool | None = None) -> Running:
         """A block (``with`` or ``async with``) during which the daemon runs.

@@ -5,10 +5,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from ._daemon import Daemon
+from ._errors import hide_frames
 from ._scoped import wrap
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
+
+#: pytest shows our errors without our frames (see ``_errors.hide_frames``).
+__tracebackhide__ = hide_frames
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -15,6 +15,12 @@ Every exception carries the data it talks about as attributes (``identifier``,
 ``output``, ``log``, ``exit_status``, ``signal``, ``pid``) and builds its text in
 ``__str__`` from them, so a handler can inspect the failure without parsing the
 message. All of them survive pickling (for multiprocessing and pytest-xdist).
+
+The public classes say they are ``daemon_controller.StartError`` and so on
+(where users import them from), not the private module they are defined in;
+and our modules set ``__tracebackhide__`` to :func:`hide_frames`, so pytest
+shows a failed start as the test's own line and the daemon's message, without
+the library's internal frames (``--full-trace`` shows everything).
 """
 
 from __future__ import annotations
@@ -25,6 +31,14 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 
+def hide_frames(excinfo: Any) -> bool:  # noqa: ANN401 - pytest's ExceptionInfo
+    """Pytest's ``__tracebackhide__`` hook: hide our frames for our own errors only.
+
+    A bug of ours (any other exception) keeps every frame visible.
+    """
+    return isinstance(getattr(excinfo, "value", None), DaemonError | ConfigError)
+
+
 class DaemonError(Exception):
     """Base class of every error this library raises on purpose.
 
@@ -32,6 +46,8 @@ class DaemonError(Exception):
         identifier: The daemon's human-readable name.
         message: The first line of the text: what went wrong.
     """
+
+    __module__ = "daemon_controller"
 
     def __init__(self, identifier: str, message: str) -> None:
         super().__init__(identifier, message)
@@ -64,6 +80,8 @@ class AlreadyStarted(DaemonError):
         pid: The PID of the running daemon, from its PID file.
     """
 
+    __module__ = "daemon_controller"
+
     def __init__(self, identifier: str, pid: int) -> None:
         super().__init__(identifier, f"Daemon '{identifier}' is already running (PID {pid})")
         self.pid = pid
@@ -75,6 +93,8 @@ class ConnectError(DaemonError):
     The exception that the connect function raised last, if any, is chained as
     ``__cause__``.
     """
+
+    __module__ = "daemon_controller"
 
 
 class _CommandFailure(DaemonError):
@@ -140,6 +160,8 @@ class StartError(_CommandFailure):
         ran: ``False`` when the start was refused before anything was run.
     """
 
+    __module__ = "daemon_controller"
+
 
 class StartTimeout(StartError, TimeoutError):
     """The daemon did not become ready in time; whatever the start created was stopped.
@@ -147,6 +169,8 @@ class StartTimeout(StartError, TimeoutError):
     Attributes:
         timeout: The limit that ran out, in seconds.
     """
+
+    __module__ = "daemon_controller"
 
     def __init__(self, identifier: str, message: str, *, timeout: float, **kwargs: Any) -> None:  # noqa: ANN401 - forwards the StartError fields
         kwargs.setdefault("reason", "timed out")
@@ -157,6 +181,8 @@ class StartTimeout(StartError, TimeoutError):
 class StopError(_CommandFailure):
     """The daemon could not be stopped (the stop command failed, or we may not signal it)."""
 
+    __module__ = "daemon_controller"
+
 
 class StopTimeout(StopError, TimeoutError):
     """The daemon did not exit in time after the graceful stop; it was killed.
@@ -164,6 +190,8 @@ class StopTimeout(StopError, TimeoutError):
     Attributes:
         timeout: The limit that ran out, in seconds.
     """
+
+    __module__ = "daemon_controller"
 
     def __init__(self, identifier: str, message: str, *, timeout: float, **kwargs: Any) -> None:  # noqa: ANN401 - forwards the StopError fields
         kwargs.setdefault("reason", "timed out")
@@ -180,6 +208,8 @@ class ConfigError(ValueError):
         key: The key at fault, or ``None``.
         problem: What is wrong, in words.
     """
+
+    __module__ = "daemon_controller"
 
     def __init__(
         self, path: Path, problem: str, *, daemon: str | None = None, key: str | None = None

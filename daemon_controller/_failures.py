@@ -19,11 +19,14 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-from ._errors import StartError, StartTimeout
+from ._errors import StartError, StartTimeout, hide_frames
 from ._files import atomic_write
 
 if TYPE_CHECKING:
     from ._files import DaemonFiles
+
+#: pytest shows our errors without our frames (see ``_errors.hide_frames``).
+__tracebackhide__ = hide_frames
 
 _FIELDS = ("output", "log", "exit_status", "signal", "pid", "reason")
 

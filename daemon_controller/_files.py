@@ -58,12 +58,18 @@ class DaemonFiles:
         return cls(pid, lock if lock is not None else pid.with_name(pid.name + ".lock"))
 
 
-def default_stem(name: str) -> str:
-    """A file name stem for a daemon's default files: readable, and unique per name."""
+def default_stem(name: str, *identity: str) -> str:
+    """A file name stem for a daemon's default files: readable, and unique per daemon.
+
+    The hash covers the name and everything else in ``identity`` (the
+    working directory, the start command), so two projects' daemons of the
+    same name never share files.
+    """
     import hashlib  # noqa: PLC0415 - a few ms of import time, needed only for default files
 
     slug = re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-.") or "daemon"
-    return f"{slug[:40]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+    digest = hashlib.sha256("\0".join((name, *identity)).encode()).hexdigest()
+    return f"{slug[:40]}-{digest[:12]}"
 
 
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:

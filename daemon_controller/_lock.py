@@ -28,10 +28,13 @@ import threading
 from typing import TYPE_CHECKING
 
 from . import _platform
-from ._errors import DaemonError
+from ._errors import DaemonError, hide_frames
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+#: pytest shows our errors without our frames (see ``_errors.hide_frames``).
+__tracebackhide__ = hide_frames
 
 _OPEN_FLAGS = (
     os.O_RDWR
@@ -42,9 +45,10 @@ _OPEN_FLAGS = (
 )
 
 
-def _open(path: Path, identifier: str) -> int | None:
+def _open(path: Path, identifier: str, *, create: bool = True) -> int | None:
+    flags = _OPEN_FLAGS if create else _OPEN_FLAGS & ~os.O_CREAT
     try:
-        return os.open(path, _OPEN_FLAGS, 0o644)
+        return os.open(path, flags, 0o644)
     except FileNotFoundError:
         return None
     except OSError as err:
@@ -146,8 +150,8 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_after_fork)
 
 
-def _cached_fd(path: Path, identifier: str) -> int | None:
-    """This thread's open descriptor for ``path`` (``None``: directory missing)."""
+def _cached_fd(path: Path, identifier: str, *, create: bool = True) -> int | None:
+    """This thread's open descriptor for ``path`` (``None``: it, or its directory, is missing)."""
     files = _state.files
     key = str(path)
     cached = files.get(key)
@@ -162,7 +166,7 @@ def _cached_fd(path: Path, identifier: str) -> int | None:
         del files[key]
         with contextlib.suppress(OSError):
             os.close(cached)
-    fd = _open(path, identifier)
+    fd = _open(path, identifier, create=create)
     if fd is None:
         return None
     files[key] = fd
@@ -180,9 +184,11 @@ class locked:  # noqa: N801 - used like a function: ``with locked(...)``
         path: The lock file; created if missing, never truncated.
         identifier: The daemon's name, for error messages.
         shared: A shared (reader) lock instead of an exclusive one.
-        missing_dir_ok: If the lock file's directory does not exist, run the
-            block without a lock instead of failing. For read-only questions:
-            without the directory there can be no PID file either.
+        create: Create the lock file if it is missing. Without it, a missing
+            lock file (or directory) runs the block without a lock: for
+            read-only questions, which must not leave files behind. A daemon
+            never started by us has no lock file; once created it stays, so
+            only a very first start can run beside such a question.
 
     Raises:
         DaemonError: The lock file cannot be created (its directory is missing
@@ -190,15 +196,13 @@ class locked:  # noqa: N801 - used like a function: ``with locked(...)``
             exclusive lock while holding the shared one (which would deadlock).
     """
 
-    __slots__ = ("_fd", "_key", "identifier", "missing_dir_ok", "path", "shared")
+    __slots__ = ("_fd", "_key", "create", "identifier", "path", "shared")
 
-    def __init__(
-        self, path: Path, identifier: str, *, shared: bool, missing_dir_ok: bool = False
-    ) -> None:
+    def __init__(self, path: Path, identifier: str, *, shared: bool, create: bool = True) -> None:
         self.path = path
         self.identifier = identifier
         self.shared = shared
-        self.missing_dir_ok = missing_dir_ok
+        self.create = create
         self._fd: int | None = None
         self._key = ""
 
@@ -226,9 +230,9 @@ class locked:  # noqa: N801 - used like a function: ``with locked(...)``
             raise DaemonError(self.identifier, msg)
         fd = state.files.get(key)
         if fd is None or os.fstat(fd).st_nlink == 0:
-            fd = _cached_fd(self.path, self.identifier)
+            fd = _cached_fd(self.path, self.identifier, create=self.create)
             if fd is None:
-                if self.missing_dir_ok:
+                if not self.create:
                     return True
                 raise _missing_dir(self.path, self.identifier)
         if not _platform.lock_fd(fd, shared=self.shared, blocking=blocking):

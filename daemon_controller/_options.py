@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import _platform
+from ._errors import hide_frames
 from ._files import DaemonFiles
 
 if TYPE_CHECKING:
     from ._probes import Probe
+
+#: pytest shows our errors without our frames (see ``_errors.hide_frames``).
+__tracebackhide__ = hide_frames
 
 #: A command: a str runs through the shell, a tuple is an argv run without one.
 Command = str | tuple[str, ...]
@@ -93,6 +97,42 @@ def seconds(identifier: str, what: str, value: float, *, allow_zero: bool = True
         msg = f"Daemon '{identifier}': {what} must be {least} seconds, not {value!r}"
         raise ValueError(msg)
     return float(value)
+
+
+def descriptors(identifier: str, fds: Iterable[object]) -> tuple[int, ...]:
+    """File descriptor numbers from ints or objects with ``fileno()``.
+
+    Raises:
+        TypeError: Something is neither.
+    """
+    numbers: list[int] = []
+    for fd in fds:
+        number = fd if isinstance(fd, int) and not isinstance(fd, bool) else None
+        fileno = getattr(fd, "fileno", None)
+        if number is None and callable(fileno):
+            number = fileno()
+        if not isinstance(number, int) or number < 0:
+            msg = f"Daemon '{identifier}': keep_fds() takes file descriptors, not {fd!r}"
+            raise TypeError(msg)
+        numbers.append(number)
+    return tuple(numbers)
+
+
+def environment(
+    identifier: str, current: tuple[tuple[str, str], ...], added: Mapping[str, object]
+) -> tuple[tuple[str, str], ...]:
+    """``current`` environment additions with ``added`` merged in (later names win).
+
+    Raises:
+        TypeError: A name or value is not a str.
+    """
+    merged = dict(current)
+    for key, value in added.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            msg = f"Daemon '{identifier}': env() takes str names and values, not {key!r}={value!r}"
+            raise TypeError(msg)
+        merged[key] = value
+    return tuple(merged.items())
 
 
 @dataclass(frozen=True, slots=True)

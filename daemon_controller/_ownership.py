@@ -19,11 +19,14 @@ import contextlib
 from typing import TYPE_CHECKING
 
 from . import _lock, _pidfile
-from ._errors import DaemonError
+from ._errors import DaemonError, hide_frames
 
 if TYPE_CHECKING:
     from ._files import DaemonFiles
     from ._options import Target
+
+#: pytest shows our errors without our frames (see ``_errors.hide_frames``).
+__tracebackhide__ = hide_frames
 
 
 def lease(target: Target) -> _lock.Held:

@@ -19,10 +19,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import _platform, _process
+from ._errors import hide_frames
 from ._files import atomic_write
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+#: pytest shows our errors without our frames (see ``_errors.hide_frames``).
+__tracebackhide__ = hide_frames
 
 #: Only this much of a PID file is read: a PID and its newline fit easily.
 _READ_LIMIT = 4096

@@ -24,6 +24,10 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
+#: An argv whose program cannot be executed; a shell reports that as 126 / 127.
+_UNRUNNABLE = frozenset({errno.ENOENT, errno.EACCES, errno.ENOEXEC, errno.ENOTDIR})
+_SHELL_UNRUNNABLE = frozenset({126, 127})
+
 _CONNECT_ERRNOS = frozenset(
     {errno.ENETUNREACH, errno.EADDRNOTAVAIL, errno.EINVAL, errno.EHOSTUNREACH},
 )
@@ -46,6 +50,20 @@ def is_connect_error(exc: BaseException) -> bool:
     ):
         return True
     return isinstance(exc, OSError) and exc.errno in _CONNECT_ERRNOS
+
+
+class PingUnusable(Exception):
+    """The ping itself cannot work (its command cannot be executed): waiting is pointless.
+
+    Attributes:
+        detail: What went wrong, with the command's own error output.
+        exit_status: The command's exit status (126 or 127 from a shell), if any.
+    """
+
+    def __init__(self, detail: str, exit_status: int | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.exit_status = exit_status
 
 
 def close_quietly(obj: object) -> None:
@@ -188,20 +206,33 @@ class CommandPing:
     cwd: Path | None = None
 
     def check(self, timeout: float) -> bool:
-        """Run the command, discarding its output."""
+        """Run the command, discarding its output.
+
+        Raises:
+            PingUnusable: The command cannot be executed (not found, not
+                executable: a shell's status 126 or 127), so it never will
+                answer; its error output is in the exception.
+        """
         try:
             result = subprocess.run(
                 self.command,
                 shell=isinstance(self.command, str),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
                 timeout=max(timeout, 0.1),
                 check=False,
                 cwd=self.cwd,
             )
-        except (subprocess.TimeoutExpired, OSError):
+        except subprocess.TimeoutExpired:
             return False
+        except OSError as err:
+            if err.errno in _UNRUNNABLE:
+                raise PingUnusable(f"cannot run {self.describe()}: {err}") from err
+            return False
+        if result.returncode in _SHELL_UNRUNNABLE and isinstance(self.command, str):
+            said = result.stderr[-2000:].decode(errors="replace").strip()
+            raise PingUnusable(f"cannot run {self.describe()}: {said}", result.returncode)
         return result.returncode == 0
 
     def describe(self) -> str:
@@ -233,6 +264,11 @@ class CallablePing:
     def describe(self) -> str:
         """The function's name."""
         return getattr(self.function, "__qualname__", repr(self.function))
+
+
+def has_address(probe: Probe) -> bool:
+    """Whether the probe looks at an address (TCP, unix socket, HTTP) that a process holds."""
+    return isinstance(probe, TcpPing | UnixPing | HttpPing)
 
 
 def holder(probe: Probe) -> str | None:

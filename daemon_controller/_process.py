@@ -18,10 +18,14 @@ from typing import TYPE_CHECKING
 import psutil
 
 from . import _platform
+from ._errors import hide_frames
 from ._waiting import Deadline, MonotonicClock, poll_until
 
 if TYPE_CHECKING:
     import subprocess
+
+#: pytest shows our errors without our frames (see ``_errors.hide_frames``).
+__tracebackhide__ = hide_frames
 
 #: How long a SIGKILLed process gets to disappear before we stop waiting.
 KILL_GRACE = 5.0

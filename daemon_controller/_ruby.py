@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _options, _platform
 from ._daemon import Daemon
+from ._errors import hide_frames
 from ._options import absolute
 from ._probes import CallablePing, CommandPing, HttpPing, Probe, TcpPing, UnixPing
 
@@ -20,6 +21,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
     from ._options import PathArg
+
+#: pytest shows our errors without our frames (see ``_errors.hide_frames``).
+__tracebackhide__ = hide_frames
 
 
 def _ping_from_option(identifier: str, value: object) -> Probe:

@@ -20,6 +20,7 @@ import threading
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
 
 from . import _actions, _failures, _lock, _ownership, _pidfile
+from ._errors import hide_frames
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
 
     from ._daemon import Daemon
     from ._options import StartTarget
+
+#: pytest shows our errors without our frames (see ``_errors.hide_frames``).
+__tracebackhide__ = hide_frames
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -21,14 +21,18 @@ import tempfile
 from typing import IO, TYPE_CHECKING, Any, NoReturn
 
 from . import _commands, _pidfile, _platform, _process, _tracking
-from ._errors import StartError, StartTimeout
+from ._errors import StartError, StartTimeout, hide_frames
 from ._logs import LogWatch
 from ._options import command_text
+from ._probes import PingUnusable
 from ._waiting import Deadline, MonotonicClock, poll_until
 
 if TYPE_CHECKING:
     from ._options import Command, StartTarget
     from ._waiting import Clock
+
+#: pytest shows our errors without our frames (see ``_errors.hide_frames``).
+__tracebackhide__ = hide_frames
 
 
 class Phase(enum.Enum):
@@ -109,7 +113,7 @@ class Start:
         except OSError as err:
             text = command_text(self.command)
             msg = f"Daemon '{self.name}' failed to start: cannot run {text}: {err}"
-            raise StartError(self.name, msg, output=None, log=self.log.new_text()) from err
+            raise StartError(self.name, msg, ran=False) from err
         finally:
             if self.foreground and stdout is not None:
                 stdout.close()
@@ -138,7 +142,7 @@ class Start:
                 pid = self._find_pid()
                 if pid is None:  # pragma: no cover - _find_pid raises once the PID is known
                     return None
-        if not self.probe.check(min(max(self.deadline.remaining(), 0.001), 1.0)):
+        if not self._ping():
             if not self.exits.alive(pid):
                 self._died(pid)
             return None
@@ -146,6 +150,16 @@ class Start:
             self._died(pid)
         self.phase = Phase.READY
         return True
+
+    def _ping(self) -> bool:
+        try:
+            return self.probe.check(min(max(self.deadline.remaining(), 0.001), 1.0))
+        except PingUnusable as err:
+            raise _Failed(
+                f"Daemon '{self.name}' failed to start: its ping can never answer: {err.detail}",
+                exit_status=err.exit_status,
+                pid=self.pid,
+            ) from err
 
     def _command_exited(self, returncode: int) -> None:
         if returncode == 0:

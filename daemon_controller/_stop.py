@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, NoReturn
 
 from . import _commands, _pidfile, _platform, _process
-from ._errors import StopError, StopTimeout
+from ._errors import StopError, StopTimeout, hide_frames
 from ._waiting import Deadline, poll_until
 
 if TYPE_CHECKING:
@@ -16,6 +16,9 @@ if TYPE_CHECKING:
 
     from ._options import Target
     from ._waiting import Clock
+
+#: pytest shows our errors without our frames (see ``_errors.hide_frames``).
+__tracebackhide__ = hide_frames
 
 
 def request(target: Target, pid: int | None, deadline: Deadline, *, group: bool) -> bool:

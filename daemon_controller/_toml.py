@@ -16,18 +16,24 @@ keys and wrong types are errors naming the file, the daemon and the key.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._daemon import Daemon
-from ._errors import ConfigError
+from ._errors import ConfigError, hide_frames
 from ._probes import CommandPing
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+#: pytest shows our errors without our frames (see ``_errors.hide_frames``).
+__tracebackhide__ = hide_frames
+
 CONFIG_NAMES = ("daemons.toml", "pyproject.toml")
+#: ``host:port`` or ``[v6]:port``: an address given where a command is expected.
+_ADDRESS = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):[0-9]{1,5}")
 
 
 @dataclass(frozen=True)
@@ -235,6 +241,12 @@ class _Reader:
             return daemon.ping_unix(self.base / socket_path)  # relative to the file
         if text.startswith(("http://", "https://")):
             return daemon.ping_http(text)
+        if _ADDRESS.fullmatch(text.strip()):
+            msg = (
+                f"{text!r} looks like an address, but a string without a scheme is a "
+                f"shell command; write 'tcp://{text.strip()}' to ping it"
+            )
+            raise self.fail(key, msg)
         return self.in_base(daemon.ping_command(text))
 
     def in_base(self, daemon: Daemon) -> Daemon:

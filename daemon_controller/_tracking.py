@@ -26,7 +26,11 @@ import os
 import psutil
 
 from . import _process
+from ._errors import hide_frames
 from ._waiting import Clock, Deadline
+
+#: pytest shows our errors without our frames (see ``_errors.hide_frames``).
+__tracebackhide__ = hide_frames
 
 MARKER = "DAEMON_CONTROLLER_START"
 #: "Everything the start created has exited" must hold this long to count.

@@ -14,10 +14,15 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
+from ._errors import hide_frames
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     import tenacity
+
+#: pytest shows our errors without our frames (see ``_errors.hide_frames``).
+__tracebackhide__ = hide_frames
 
 T = TypeVar("T")
 

@@ -35,11 +35,15 @@ from typing import TYPE_CHECKING, Any, Literal
 import pytest
 
 from . import _lock
+from ._errors import hide_frames
 
 if TYPE_CHECKING:
     from collections.abc import Generator
 
     from ._daemon import Daemon
+
+#: pytest shows our errors without our frames (see ``_errors.hide_frames``).
+__tracebackhide__ = hide_frames
 
 Scope = Literal["function", "class", "module", "package", "session"]
 

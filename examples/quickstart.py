@@ -29,7 +29,12 @@ def free_port() -> int:
 
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="   [log] %(message)s", stream=sys.stdout)
-    work = Path(tempfile.mkdtemp(prefix="daemon-controller-quickstart-"))
+    # Everything, daemon files included, lives in a directory removed at the end.
+    with tempfile.TemporaryDirectory(prefix="daemon-controller-quickstart-") as tmp:
+        return demo(Path(tmp))
+
+
+def demo(work: Path) -> int:
     (work / "hello.txt").write_text("Hello from a daemon started on demand!\n")
     port = free_port()
 
@@ -48,6 +53,13 @@ def main() -> int:
 
     started = time.monotonic()
     web.start()
+    try:
+        return use(web, port, started)
+    finally:
+        web.stop()  # a no-op when use() stopped it already
+
+
+def use(web: Daemon, port: int, started: float) -> int:
     print(
         f"2. Started in {time.monotonic() - started:.3f} s, "
         f"PID {web.read_pid()}; running: {web.is_running()}"

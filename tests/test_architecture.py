@@ -40,6 +40,7 @@ LAYERS = [
     # the actions and what is built on them
     "_actions",
     "_scoped",
+    "_status",
     "_daemon",
     "_ruby",
     "_decorators",

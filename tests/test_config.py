@@ -670,3 +670,17 @@ def test_loaded_foreground_daemon_runs(tmp_path, test_id):
     finally:
         fg.stop()
     assert gone(pid)
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:6391", "localhost:80", "[::1]:6391"])
+def test_an_address_without_a_scheme_is_refused(tmp_path, address):
+    options = f'start = "true"\nping = "{address}"\npid = "d.pid"\nlog = "d.log"\n'
+    with pytest.raises(ConfigError) as info:
+        load(daemons_toml(tmp_path, f"[daemons.web]\n{options}"))
+    assert f"tcp://{address}" in str(info.value)
+    assert info.value.key == "ping"
+
+
+def test_a_command_with_a_colon_is_still_a_command(tmp_path):
+    daemon = load_one(tmp_path, 'ping = "redis-cli -p 6391 ping"\nstart = "true"\n')
+    assert daemon.config.ping == CommandPing("redis-cli -p 6391 ping", cwd=tmp_path)

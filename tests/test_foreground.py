@@ -281,17 +281,20 @@ def test_foreground_pid_file_is_never_written_through_a_symlink(test_id, port, t
     precious = tmp_path / "settings.conf"
     precious.write_text(PRECIOUS)
     daemon = _web(test_id, port, tmp_path)
+    if when != "before the start":
+        # The program plants the link while starting up: the library must not
+        # take it for the program's own PID file, nor write through it. (The
+        # paths come through the environment: the command is part of what
+        # names the default files.)
+        argv = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
+        script = f'ln -s "$PRECIOUS" "$PID_FILE" && exec {shlex.join(argv)}'
+        daemon = daemon.start_with(["sh", "-c", script])
     pid_file = daemon.resolved().config.pid_file
     assert pid_file is not None
+    daemon = daemon.env(PRECIOUS=str(precious), PID_FILE=str(pid_file))
     try:
         if when == "before the start":
             pid_file.symlink_to(precious)
-        else:
-            # The program plants the link while starting up: the library must not
-            # take it for the program's own PID file, nor write through it.
-            argv = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
-            script = f'ln -s "$0" "$1" && exec {shlex.join(argv)}'
-            daemon = daemon.start_with(["sh", "-c", script, str(precious), str(pid_file)])
         daemon.start()
         try:
             assert not pid_file.is_symlink()
@@ -309,3 +312,92 @@ def test_foreground_pid_file_is_never_written_through_a_symlink(test_id, port, t
         assert set(_runtime_leftovers(pid_file)) <= {log_file.name, f"{pid_file.name}.lock"}
     finally:
         _remove_runtime_files(pid_file)
+
+
+# -- default files: one project's daemon never meets another's -------------------------------
+
+
+def _default_web(project: Path, port: int, test_id: str) -> Daemon:
+    """A foreground daemon named 'web' with no pid()/log(): default files."""
+    return (
+        Daemon("web")
+        .start_with(echo_command("--port", str(port), "--foreground"))
+        .foreground()
+        .cwd(project)
+        .ping_tcp("127.0.0.1", port)
+        .start_timeout(15)
+        .env({MARKER: test_id})
+    )
+
+
+def test_default_files_are_keyed_by_project_and_command(tmp_path, test_id):
+    project_a, project_b = tmp_path / "a", tmp_path / "b"
+    project_a.mkdir()
+    project_b.mkdir()
+    port_a, port_b = free_port(), free_port()
+    web_a = _default_web(project_a, port_a, test_id)
+    web_b = _default_web(project_b, port_b, test_id)
+    pid_a = web_a.resolved().config.pid_file
+    pid_b = web_b.resolved().config.pid_file
+    assert pid_a != pid_b
+    assert web_a.resolved().config.log_file != web_b.resolved().config.log_file
+    # The same description in the same place: the same files, in any process.
+    assert _default_web(project_a, port_a, test_id).resolved().config.pid_file == pid_a
+    web_a.start()
+    try:
+        assert not web_b.is_running()  # b does not see a's process as its own
+        web_b.start()  # and starts its own
+        try:
+            assert web_a.read_pid() != web_b.read_pid()
+            web_b.stop()
+            assert web_a.is_running()  # stopping b left a alone
+            assert roundtrip(port_a) == b"hello daemon\n"
+        finally:
+            web_b.stop()
+    finally:
+        web_a.stop()
+
+
+# -- shell commands that begin with exec, assignments, redirections ---------------------------
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        pytest.param("exec {python} {server} --port {port} --foreground", id="exec"),
+        pytest.param("  exec {python} {server} --port {port} --foreground", id="spaced-exec"),
+        pytest.param("GREETING=hi {python} {server} --port {port} --foreground", id="assignment"),
+        pytest.param(
+            "exec {python} {server} --port {port} --foreground 2>&1", id="exec-redirection"
+        ),
+        pytest.param("{python} {server} --port {port} --foreground >/dev/null", id="redirection"),
+    ],
+)
+def test_foreground_shell_command_forms_start_and_stop(tmp_path, test_id, template):
+    port = free_port()
+    command = template.format(
+        python=shlex.quote(sys.executable), server=shlex.quote(str(ECHO_SERVER)), port=port
+    )
+    daemon = (
+        Daemon("shell forms")
+        .start_with(command)
+        .foreground()
+        .ping_tcp("127.0.0.1", port)
+        .pid(tmp_path / "d.pid")
+        .log(tmp_path / "d.log")
+        .start_timeout(15)
+        .stop_timeout(10)
+        .env({MARKER: test_id})
+    )
+    daemon.start()
+    try:
+        pid = daemon.read_pid()
+        assert pid is not None
+        assert roundtrip(port) == b"hello daemon\n"
+        if template.lstrip().startswith("exec"):
+            assert_live_echo_server(pid)  # the PID file names the program, not a shell
+    finally:
+        daemon.stop()
+    assert pid is not None
+    assert wait_until(lambda: gone(pid))
+    assert "exec: not found" not in (tmp_path / "d.log").read_text()

@@ -22,6 +22,7 @@ from echo_server import echo_command
 from helpers import free_port, gone, pid_in_file, roundtrip, wait_until
 
 from daemon_controller import CallablePing, CommandPing, Daemon, HttpPing, TcpPing, UnixPing
+from daemon_controller._probes import PingUnusable
 
 NAME = "Probe test daemon"
 
@@ -145,7 +146,12 @@ def test_command_ping_exit_status(tmp_path):
     assert CommandPing("exit 1").check(5) is False
     assert CommandPing((sys.executable, "-c", "raise SystemExit(0)")).check(5) is True
     assert CommandPing((sys.executable, "-c", "raise SystemExit(3)")).check(5) is False
-    assert CommandPing((str(tmp_path / "no-such-program"),)).check(5) is False
+    # A command that cannot run can never answer: said at once, not "not yet".
+    with pytest.raises(PingUnusable, match="no-such-program"):
+        CommandPing((str(tmp_path / "no-such-program"),)).check(5)
+    with pytest.raises(PingUnusable, match="not found") as info:
+        CommandPing("no-such-program --flag").check(5)
+    assert info.value.exit_status == 127
     marker = tmp_path / "ready"
     ping = Daemon(NAME).ping_command(f"test -e {marker}").config.ping
     assert ping.check(5) is False

@@ -23,6 +23,7 @@ EXPECTED = {
     "Running",
     "StartError",
     "StartTimeout",
+    "Status",
     "StopError",
     "StopTimeout",
     "TcpPing",

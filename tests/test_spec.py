@@ -171,8 +171,11 @@ def test_default_lock_file_is_pid_file_plus_lock(tmp_path):
 
 def test_default_lock_file_is_really_used(echo):
     d = echo()
-    assert not d.is_running()
-    assert Path(str(echo.pid_file) + ".lock").exists()
+    d.start()
+    try:
+        assert Path(str(echo.pid_file) + ".lock").exists()
+    finally:
+        d.stop()
 
 
 def _with_fileno():

@@ -292,3 +292,31 @@ def test_relative_paths_are_fixed_when_set(echo, tmp_path, monkeypatch):
         daemon.stop()
     assert wait_until(lambda: gone(pid))
     assert not (home / "rel.pid").exists()
+
+
+# -- pings that are not addresses: the gem's order (spawn, PID file, then ping) ---------------
+
+
+def test_an_always_true_ping_waits_for_the_pid_file(echo):
+    # The gem's own spec: "start blocks until the daemon has written its PID
+    # file", with a ping that is always true. Only an address can be checked
+    # for a stranger before the start; a function or command answers for
+    # reasons of its own.
+    daemon = echo("--wait-before-pid", "0.3").ping(lambda: True)
+    began = time.monotonic()
+    daemon.start()
+    try:
+        assert time.monotonic() - began >= 0.3
+        assert echo.pid_file.exists()
+        assert daemon.read_pid() is not None
+    finally:
+        daemon.stop()
+
+
+def test_an_always_true_command_ping_waits_for_the_pid_file(echo):
+    daemon = echo("--wait-before-pid", "0.3").ping_command("true")
+    daemon.start()
+    try:
+        assert daemon.read_pid() is not None
+    finally:
+        daemon.stop()

@@ -518,3 +518,38 @@ def test_missing_lock_directory_is_a_daemon_error_and_is_not_created(tmp_path, t
     assert ".lock(" in str(info.value)
     assert not (tmp_path / "nope").exists()
     assert not marker.exists()
+
+
+# -- pings that can never answer, and programs that cannot run ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ping", "said"),
+    [
+        pytest.param("no-such-ping-program --check", "not found", id="shell-127"),
+        pytest.param(("/no/such/ping-program",), "No such file", id="argv-enoent"),
+    ],
+)
+def test_a_ping_command_that_cannot_run_fails_the_start_at_once(echo, ping, said):
+    daemon = echo().ping_command(ping).start_timeout(20)
+    began = time.monotonic()
+    with pytest.raises(StartError) as info:
+        daemon.start()
+    assert time.monotonic() - began < 5  # not the whole start_timeout
+    text = str(info.value)
+    assert "ping can never answer" in text
+    assert said in text
+    assert "no-such-ping-program" in text or "/no/such/ping-program" in text
+    if isinstance(ping, str):
+        assert info.value.exit_status == 127
+    assert not daemon.is_running()  # the daemon it had started is stopped
+
+
+def test_a_program_that_cannot_run_says_so_without_a_logs_line(echo, tmp_path):
+    daemon = echo().start_with([str(tmp_path / "no-such-program")])
+    with pytest.raises(StartError) as info:
+        daemon.start()
+    text = str(info.value)
+    assert "cannot run" in text
+    assert "logs empty" not in text
+    assert info.value.ran is False
