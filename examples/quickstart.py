@@ -36,7 +36,7 @@ def main() -> int:
     web = (
         Daemon("quickstart web server")
         .start_with([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"])
-        .daemonize_for_me()  # http.server stays in the foreground
+        .foreground()  # http.server stays in the foreground
         .cwd(work)  # serve files from the work directory
         .ping_http(f"http://127.0.0.1:{port}/")
         .pid(work / "web.pid")
