@@ -49,6 +49,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# --8<-- [start:daemon]
 def memcached_daemon(memcached: str, run_dir: Path, port: int) -> Daemon:
     pid_file = run_dir / "memcached.pid"
     log_file = run_dir / "memcached.log"
@@ -67,6 +68,9 @@ def memcached_daemon(memcached: str, run_dir: Path, port: int) -> Daemon:
     )
 
 
+# --8<-- [end:daemon]
+
+
 def memcached_call(port: int, request: bytes, end: bytes) -> bytes:
     """Send a text-protocol request; read until the reply ends with ``end``."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
@@ -80,12 +84,16 @@ def memcached_call(port: int, request: bytes, end: bytes) -> bytes:
     return reply
 
 
+# --8<-- [start:run_dir]
 def make_run_dir() -> Path:
     """A temporary directory; as root, one that memcached (as nobody) may write to."""
     run_dir = Path(tempfile.mkdtemp(prefix="dc-memcached-"))
     if os.geteuid() == 0:
         shutil.chown(run_dir, user="nobody")
     return run_dir
+
+
+# --8<-- [end:run_dir]
 
 
 def main() -> int:

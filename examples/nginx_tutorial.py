@@ -67,6 +67,7 @@ def user_directive() -> str:
     return f"user nobody {grp.getgrgid(nobody.pw_gid).gr_name};"
 
 
+# --8<-- [start:config]
 def write_config(work: Path, port: int, server_directives: str) -> Path:
     """Step 1: an nginx config with the directive under test."""
     config = work / "nginx.conf"
@@ -94,6 +95,9 @@ http {{
     return config
 
 
+# --8<-- [end:config]
+
+
 def get(port: int, path: str) -> tuple[int, dict[str, str], str]:
     """Step 3: one HTTP request; the status, the headers and the body."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
@@ -106,6 +110,7 @@ def get(port: int, path: str) -> tuple[int, dict[str, str], str]:
         conn.close()
 
 
+# --8<-- [start:test]
 class NginxTest:
     """One test: a config snippet, a request, and a check of the answer."""
 
@@ -145,6 +150,10 @@ class NginxTest:
         return problem is None
 
 
+# --8<-- [end:test]
+
+
+# --8<-- [start:checks]
 def check_body(port: int) -> str | None:
     status, _, body = get(port, "/")
     return None if (status, body) == (200, "hello from nginx\n") else f"got {status} {body!r}"
@@ -162,6 +171,9 @@ def check_redirect(port: int) -> str | None:
     if status == MOVED_PERMANENTLY and location.endswith("/new"):
         return None
     return f"got {status}, Location {location!r}"
+
+
+# --8<-- [end:checks]
 
 
 def main() -> int:

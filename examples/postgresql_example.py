@@ -114,6 +114,7 @@ class Cluster:
             group=pwd.getpwnam(self.user).pw_gid if self.user else None,
         )
 
+    # --8<-- [start:variants]
     def with_pg_ctl(self) -> Daemon:
         """Variant 1: pg_ctl starts PostgreSQL in the background (and waits for it)."""
         server_options = f"-k {self.base} -p {self.port} -c listen_addresses=''"
@@ -160,6 +161,8 @@ class Cluster:
             .stop_timeout(60)
         )
         return daemon.user(self.user) if self.user else daemon
+
+    # --8<-- [end:variants]
 
     def query(self, sql: str) -> str:
         psql = [self.tool("psql"), "-h", str(self.base), "-p", str(self.port), "-U", PG_USER]

@@ -92,6 +92,7 @@ def call(sock: socket.socket, *args: str) -> object:
 # -- the search server ------------------------------------------------------------------
 
 
+# --8<-- [start:server]
 class SearchServer:
     """Queries a Redis-backed word index; Redis is started on demand, once."""
 
@@ -140,6 +141,9 @@ class SearchServer:
     def stop(self) -> None:
         self.controller.stop()
 
+    # --8<-- [end:server]
+
+    # --8<-- [start:before_start]
     # before_start: under the lock, right before Redis is started --------------------
 
     def before_start(self) -> None:
@@ -177,10 +181,13 @@ class SearchServer:
         ]
         (self.data / "index.aof").write_bytes(b"".join(commands))
 
+    # --8<-- [end:before_start]
+
 
 # -- several processes querying at once ---------------------------------------------------
 
 
+# --8<-- [start:worker]
 def worker(root: str, port: int, words: list[str], barrier: Any, results: Any) -> None:  # noqa: ANN401 - multiprocessing proxies
     """One process: wait for all the others, then query at the same moment."""
     logging.basicConfig(level=logging.INFO, format="   [log] %(message)s", stream=sys.stdout)
@@ -188,6 +195,7 @@ def worker(root: str, port: int, words: list[str], barrier: Any, results: Any) -
     barrier.wait()
     found = server.query(*words)
     results.put((os.getpid(), words, found, server.redis_pid()))
+    # --8<-- [end:worker]
 
 
 def free_port() -> int:
