@@ -26,12 +26,15 @@ import struct
 import subprocess
 import sys
 import termios
+import threading
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 from echo_server import ECHO_SERVER, free_port
+
+from daemon_controller._files import read_tail
 
 _SIBLING = Path(sys.executable).parent / "daemon-controller"
 SCRIPT = str(_SIBLING) if _SIBLING.exists() else shutil.which("daemon-controller")
@@ -753,3 +756,41 @@ def test_keyboard_interrupt_during_exec_still_stops_the_daemons(project):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, 9)
             proc.wait()
+
+
+# -- read_tail: the log reader shared by the CLI and the pytest plugin ----------------
+
+
+def test_read_tail_reads_the_end_or_what_came_after_an_offset(tmp_path):
+    """read_tail gives the last `limit` bytes, or what follows `since` (capped the same way)."""
+    log = tmp_path / "log"
+    log.write_bytes(b"0123456789")
+    assert read_tail(log) == "0123456789"
+    assert read_tail(log, limit=4) == "6789"
+    assert read_tail(log, limit=0) == ""
+    assert read_tail(log, since=7) == "789"
+    assert read_tail(log, since=10) == ""
+    assert read_tail(log, since=2, limit=3) == "789"  # the newest of what is new
+    assert read_tail(log, since=50) == "0123456789"  # truncated since: all of it is new
+    log.write_bytes("é".encode() * 3)
+    assert read_tail(log, limit=3) == "\ufffdé"  # a cut character is replaced, not an error
+    with pytest.raises(ValueError, match="0 or more"):
+        read_tail(log, limit=-1)
+
+
+def test_read_tail_reads_regular_files_only_and_never_blocks(tmp_path):
+    """A missing file, a directory, a device or a FIFO gives None at once (a FIFO never hangs)."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    results: list[object] = []
+    reader = threading.Thread(target=lambda: results.append(read_tail(fifo)), daemon=True)
+    reader.start()
+    reader.join(timeout=5)
+    assert results == [None]
+    assert read_tail(tmp_path / "missing") is None
+    assert read_tail(tmp_path) is None
+    assert read_tail("/dev/zero") is None
+    target = tmp_path / "real"
+    target.write_text("via a link")
+    (tmp_path / "link").symlink_to(target)
+    assert read_tail(tmp_path / "link") == "via a link"
