@@ -1,5 +1,10 @@
 """The ``daemon-controller`` command: a project's daemons, declared once in TOML.
 
+:func:`run` is the whole command, writing to the streams it is given and
+changing nothing global (tests call it in-process); :func:`main` is the
+console script around it, which also turns SIGTERM into the same clean-up as
+Ctrl-C.
+
 Exit codes: 0 success, 1 a daemon failed (its error output is shown), 2 a usage
 or configuration error.
 """
@@ -48,6 +53,8 @@ exit codes: 0 success, 1 a daemon failed, 2 usage or configuration error
 
 OK, FAILED, USAGE = 0, 1, 2
 
+_LOGGER = "daemon_controller"
+
 
 class _Usage(Exception):
     pass
@@ -56,8 +63,8 @@ class _Usage(Exception):
 class Output:
     """Where messages go: colours and a live status line only on a terminal."""
 
-    def __init__(self, stream: IO[str] | None = None) -> None:
-        self.stream = stream or sys.stdout
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
         self.tty = self.stream.isatty()
         self.color = (
             self.tty and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
@@ -82,7 +89,7 @@ class Output:
         """The live status line (terminals only; elsewhere nothing)."""
         if not self.tty:
             return
-        width = max(20, _terminal_width() - 1)
+        width = max(20, self.width() - 1)
         with self._lock:
             self.stream.write("\r\033[K" + text[:width])
             self.stream.flush()
@@ -96,13 +103,13 @@ class Output:
                 self.stream.flush()
                 self._status_shown = False
 
-
-def _terminal_width() -> int:
-    try:
-        columns = os.get_terminal_size(sys.stdout.fileno()).columns
-    except (OSError, ValueError):
-        columns = 0
-    return columns or 80  # an unsized pseudo-terminal (script, docker -t) says 0
+    def width(self) -> int:
+        """The terminal's width in columns (80 when it does not say)."""
+        try:
+            columns = os.get_terminal_size(self.stream.fileno()).columns
+        except (OSError, ValueError):
+            columns = 0
+        return columns or 80  # an unsized pseudo-terminal (script, docker -t) says 0
 
 
 def _last_log_line(daemon: Daemon) -> str:
@@ -352,6 +359,23 @@ def _leave_all(out: Output, blocks: list[Running]) -> None:
             out.line(f"{out.paint('ok', '32')} {block.daemon.name}: stopped (PID {pid})")
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` that writes to the streams :func:`run` was given."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # noqa: ANN401 - ArgumentParser's own
+        if sys.version_info >= (3, 14):
+            kwargs.setdefault("color", False)  # it would look at sys.stdout, not our stream
+        super().__init__(*args, **kwargs)
+        self.out: IO[str] = sys.stdout
+        self.err: IO[str] = sys.stderr
+
+    def _print_message(self, message: str, file: Any = None) -> None:  # noqa: ANN401 - as in argparse
+        if message:
+            stream = self.err if file is sys.stderr else self.out
+            stream.write(message)
+            stream.flush()
+
+
 def _count(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -360,8 +384,8 @@ def _count(text: str) -> int:
     return value
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def _parser(stdout: IO[str], stderr: IO[str]) -> _Parser:
+    parser = _Parser(
         prog="daemon-controller",
         description="Start, stop and check the daemons a project declares in daemons.toml.",
         epilog=EXAMPLES,
@@ -370,23 +394,27 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-c", "--config", metavar="FILE", help="the daemons file to use")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what the library does")
     # -c and -v are accepted after the command too: `daemon-controller up -v`.
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("-c", "--config", metavar="FILE", default=argparse.SUPPRESS)
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parsers: list[_Parser] = [parser]
     for name, text in (
         ("up", "start the daemons that are not running"),
         ("down", "stop the daemons, in reverse order"),
         ("restart", "restart the daemons"),
     ):
         p = sub.add_parser(name, help=text, description=text, parents=[common])
+        parsers.append(p)
         p.add_argument("names", nargs="*", metavar="NAME", help="only these daemons")
     p = sub.add_parser(
         "status", help="show state, PID, uptime and ping of each daemon", parents=[common]
     )
+    parsers.append(p)
     p.add_argument("names", nargs="*", metavar="NAME", help="only these daemons")
     p.add_argument("--json", action="store_true", help="print JSON for machines")
     p = sub.add_parser("logs", help="show the end of a daemon's log", parents=[common])
+    parsers.append(p)
     p.add_argument("name", metavar="NAME")
     p.add_argument("-n", "--lines", type=_count, default=20, help="how many lines (default 20)")
     p = sub.add_parser(
@@ -396,46 +424,84 @@ def _parser() -> argparse.ArgumentParser:
         "the daemons this started (unless --keep).",
         parents=[common],
     )
+    parsers.append(p)
     p.add_argument("names", nargs="*", metavar="NAME", help="only these daemons")
     p.add_argument("--keep", action="store_true", help="leave the daemons running afterwards")
+    for each in parsers:
+        each.out, each.err = stdout, stderr
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code."""
-    args_in = list(sys.argv[1:] if argv is None else argv)
+@contextlib.contextmanager
+def _logging_to(stream: IO[str], *, verbose: bool) -> Iterator[None]:
+    """Send the library's log records to ``stream`` for the block (debug ones with -v)."""
+    logger = logging.getLogger(_LOGGER)
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+    handler.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    level = logger.level
+    logger.addHandler(handler)
+    if verbose:
+        logger.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def run(argv: Sequence[str], stdout: IO[str], stderr: IO[str]) -> int:
+    """Run the command line ``argv`` (without the program name); returns the exit code.
+
+    Writes to ``stdout`` and ``stderr`` only (the library's log records go to
+    ``stderr`` during the call, through a handler removed afterwards), and
+    installs no signal handler: a ``KeyboardInterrupt`` is the interruption.
+    The command run by ``exec`` inherits the process's own file descriptors
+    0, 1 and 2, not these streams.
+    """
+    args_in = list(argv)
     command: list[str] = []
     if "--" in args_in:
         cut = args_in.index("--")
         args_in, command = args_in[:cut], args_in[cut + 1 :]
-    parser = _parser()
-    args = parser.parse_args(args_in)  # exits 2 on a usage error, as argparse does
-    out = Output()
-    err = Output(sys.stderr)
-    # A CI timeout sends SIGTERM: treat it like Ctrl-C, so that `exec` still
-    # stops the daemons it started.
-    with contextlib.suppress(ValueError):  # not the main thread (embedded use)
-        signal.signal(signal.SIGTERM, _interrupt)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(asctime)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
     try:
-        project = _project(args, command)
-        return _dispatch(out, project, args, command)
-    except (_Usage, _config.ConfigError) as problem:
-        err.line(f"daemon-controller: {problem}")
-        return USAGE
-    except ValueError as problem:  # an incomplete daemon: a configuration problem
-        err.line(f"daemon-controller: {problem}")
-        return USAGE
-    except DaemonError as problem:
-        err.line(f"daemon-controller: {problem}")
-        return FAILED
-    except KeyboardInterrupt:
-        err.line("daemon-controller: interrupted")
-        return 130
+        args = _parser(stdout, stderr).parse_args(args_in)
+    except SystemExit as leave:  # --help, or a usage error (already printed)
+        return leave.code if isinstance(leave.code, int) else USAGE
+    out = Output(stdout)
+    err = Output(stderr)
+    with _logging_to(stderr, verbose=args.verbose):
+        try:
+            project = _project(args, command)
+            return _dispatch(out, project, args, command)
+        except (_Usage, _config.ConfigError) as problem:
+            err.line(f"daemon-controller: {problem}")
+            return USAGE
+        except ValueError as problem:  # an incomplete daemon: a configuration problem
+            err.line(f"daemon-controller: {problem}")
+            return USAGE
+        except DaemonError as problem:
+            err.line(f"daemon-controller: {problem}")
+            return FAILED
+        except KeyboardInterrupt:
+            err.line("daemon-controller: interrupted")
+            return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The console script: :func:`run` on ``sys.argv``, with SIGTERM handled like Ctrl-C.
+
+    A CI job that times out sends SIGTERM: raising ``KeyboardInterrupt`` for
+    it lets ``exec`` still stop the daemons it started.
+    """
+    previous: Any = None
+    with contextlib.suppress(ValueError):  # not the main thread (embedded use): no handler
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return run(sys.argv[1:] if argv is None else argv, sys.stdout, sys.stderr)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _interrupt(signum: int, _frame: object) -> None:
