@@ -26,6 +26,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from . import _config
 from ._errors import AlreadyStarted, DaemonError
+from ._files import read_tail
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
@@ -114,14 +115,8 @@ class Output:
 
 def _last_log_line(daemon: Daemon) -> str:
     log = daemon.resolved().config.log_file
-    if log is None:
-        return ""
-    try:
-        with log.open("rb") as f:
-            f.seek(max(0, os.fstat(f.fileno()).st_size - 4096))
-            lines = f.read().decode("utf-8", errors="replace").splitlines()
-    except OSError:
-        return ""
+    text = None if log is None else read_tail(log, limit=4096)
+    lines = (text or "").splitlines()
     return next((line.strip() for line in reversed(lines) if line.strip()), "")
 
 
@@ -289,15 +284,12 @@ def cmd_logs(out: Output, project: _config.Project, name: str, lines: int) -> in
     log = project.daemons[name].resolved().config.log_file
     if log is None:
         raise _Usage(f"daemon {name!r} has no log file ('log' key)")
-    try:
-        with log.open("rb") as f:
-            f.seek(max(0, os.fstat(f.fileno()).st_size - 256 * 1024))
-            text = f.read().decode("utf-8", errors="replace")
-    except FileNotFoundError:
-        out.line(f"(no log yet at {log})")
-        return OK
-    except OSError as err:
-        out.line(f"cannot read {log}: {err.strerror}")
+    text = read_tail(log, limit=256 * 1024)
+    if text is None:
+        if not os.path.lexists(log):
+            out.line(f"(no log yet at {log})")
+            return OK
+        out.line(f"cannot read {log}: not a readable regular file")
         return FAILED
     for line in text.splitlines()[-lines:] if lines > 0 else []:
         out.line(line)

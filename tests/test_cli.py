@@ -434,6 +434,17 @@ def test_logs_zero_lines_shows_nothing(project):
     assert project.ok("logs", "db", "-n", "0").stdout == ""
 
 
+def test_logs_before_the_first_start_and_of_a_fifo(project):
+    """logs says when there is no log yet, and fails (1) rather than hang on a FIFO."""
+    project.echo("db")
+    result = project.ok("logs", "db")
+    assert "no log yet" in result.stdout
+    os.mkfifo(project.dir / "log" / "db.log")
+    result = project.run("logs", "db")
+    assert result.returncode == 1
+    assert "cannot read" in result.stdout
+
+
 def test_logs_of_unknown_daemon_is_a_usage_error(project):
     """logs of an undeclared daemon exits 2 and names it."""
     project.echo("db")
