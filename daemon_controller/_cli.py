@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 from . import _config
 from ._errors import AlreadyStarted, DaemonError
@@ -61,24 +61,59 @@ class _Usage(Exception):
     pass
 
 
+# -- output ------------------------------------------------------------------------------
+
+# Every C0 and C1 control character and DEL, shown as an escape: a daemon's
+# name, its log or its error output must not move our cursor, recolour the
+# terminal or set its title. Tabs are harmless and common in logs.
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
+_ESCAPES |= {ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\t"}
+_ESCAPES_KEEP_NEWLINES = _ESCAPES | {ord("\n"): "\n"}
+
+
+def visible(text: str, *, newlines: bool = False) -> str:
+    r"""``text`` with control characters escaped (``\x1b``, ``\r``), tabs kept.
+
+    Args:
+        text: Anything that came from outside: a name, a log line, an error.
+        newlines: Keep line breaks (for a block of lines); else they are
+            escaped too, so that one line stays one line.
+    """
+    return text.translate(_ESCAPES_KEEP_NEWLINES if newlines else _ESCAPES)
+
+
+class Painted(NamedTuple):
+    """A piece of a line shown in an ANSI colour (SGR ``code``) where colours are on."""
+
+    text: str
+    code: str
+
+
 class Output:
-    """Where messages go: colours and a live status line only on a terminal."""
+    """One stream's messages: colours and a live status line only on a terminal.
+
+    Everything written goes through :func:`visible`; only the colours this
+    class adds itself reach the terminal as escape sequences.
+    """
 
     def __init__(self, stream: IO[str]) -> None:
         self.stream = stream
-        self.tty = self.stream.isatty()
+        self.tty = stream.isatty()
         self.color = (
             self.tty and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
         )
         self._lock = threading.Lock()
         self._status_shown = False
 
-    def paint(self, text: str, code: str) -> str:
-        """``text`` in an ANSI colour when colours are on."""
-        return f"\033[{code}m{text}\033[0m" if self.color else text
+    def _render(self, part: str | Painted) -> str:
+        if isinstance(part, Painted):
+            text = visible(part.text)
+            return f"\033[{part.code}m{text}\033[0m" if self.color else text
+        return visible(part)
 
-    def line(self, text: str) -> None:
-        """A message on a line of its own (clearing any live status line)."""
+    def line(self, *parts: str | Painted) -> None:
+        """One line (clearing any live status line); its parts are escaped."""
+        text = "".join(map(self._render, parts))
         with self._lock:
             if self._status_shown:
                 self.stream.write("\r\033[K")
@@ -86,13 +121,18 @@ class Output:
             self.stream.write(text + "\n")
             self.stream.flush()
 
+    def block(self, text: str, indent: str = "    ") -> None:
+        """A multi-line text (an error message, JSON), each line escaped and indented."""
+        for piece in text.split("\n"):
+            self.line(indent + piece.removesuffix("\r"))
+
     def status(self, text: str) -> None:
         """The live status line (terminals only; elsewhere nothing)."""
         if not self.tty:
             return
         width = max(20, self.width() - 1)
         with self._lock:
-            self.stream.write("\r\033[K" + text[:width])
+            self.stream.write("\r\033[K" + visible(text)[:width])
             self.stream.flush()
             self._status_shown = True
 
@@ -113,10 +153,14 @@ class Output:
         return columns or 80  # an unsized pseudo-terminal (script, docker -t) says 0
 
 
+OK_TAG = Painted("ok", "32")
+FAILED_TAG = Painted("FAILED", "31;1")
+
+
 def _last_log_line(daemon: Daemon) -> str:
     log = daemon.resolved().config.log_file
     text = None if log is None else read_tail(log, limit=4096)
-    lines = (text or "").splitlines()
+    lines = (text or "").split("\n")  # not splitlines(): a "\r" stays in its line, escaped
     return next((line.strip() for line in reversed(lines) if line.strip()), "")
 
 
@@ -148,10 +192,6 @@ def _live(out: Output, verb: str, daemons: dict[str, Daemon]) -> Iterator[None]:
         out.clear()
 
 
-def _indent(text: str) -> str:
-    return "\n".join("    " + line for line in text.splitlines())
-
-
 def _run_waves(
     out: Output,
     project: _config.Project,
@@ -175,10 +215,10 @@ def _run_waves(
             result = results[name]
             if isinstance(result, BaseException):
                 status = FAILED
-                out.line(f"{out.paint('FAILED', '31;1')} {name}: {type(result).__name__}")
-                out.line(_indent(str(result)))
+                out.line(FAILED_TAG, f" {name}: {type(result).__name__}")
+                out.block(str(result))
             elif result:
-                out.line(f"{out.paint('ok', '32')} {name}: {result}")
+                out.line(OK_TAG, f" {name}: {result}")
         if status != OK:
             break
     return status
@@ -260,7 +300,7 @@ def cmd_status(out: Output, project: _config.Project, names: list[str], *, as_js
     order = [n for wave in project.order(names or None) for n in wave]
     rows = [_describe(name, project.daemons[name]) for name in order]
     if as_json:
-        out.line(json.dumps(rows, indent=2))
+        out.block(json.dumps(rows, indent=2), indent="")  # JSON escapes control characters
         return OK
     table = [["NAME", "STATE", "PID", "UPTIME", "PING"]]
     for row in rows:
@@ -268,12 +308,19 @@ def cmd_status(out: Output, project: _config.Project, names: list[str], *, as_js
         table.append(
             [row["name"], row["state"], str(row["pid"] or "-"), _uptime(row["uptime"]), ping]
         )
+    # Width as shown: a name with control characters is wider once escaped.
+    table = [[visible(cell) for cell in r] for r in table]
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     for i, r in enumerate(table):
-        cells = [c.ljust(w) for c, w in zip(r, widths, strict=True)]
-        if i > 0:
-            cells[1] = out.paint(cells[1], "32" if r[1] == "running" else "33")
-        out.line("  ".join(cells).rstrip())
+        parts: list[str | Painted] = []
+        for column, (cell, width) in enumerate(zip(r, widths, strict=True)):
+            if column == 1 and i > 0:
+                state = Painted(cell, "32" if cell == "running" else "33")
+                parts += [state, " " * (width - len(cell)), "  "]
+            else:
+                parts += [cell.ljust(width), "  "]
+        parts[-2:] = [str(parts[-2]).rstrip()]  # no padding after the last column
+        out.line(*parts)
     return OK
 
 
@@ -291,8 +338,11 @@ def cmd_logs(out: Output, project: _config.Project, name: str, lines: int) -> in
             return OK
         out.line(f"cannot read {log}: not a readable regular file")
         return FAILED
-    for line in text.splitlines()[-lines:] if lines > 0 else []:
-        out.line(line)
+    shown = text.split("\n")
+    if shown and shown[-1] == "":
+        shown.pop()  # the final newline ends the last line; it does not start another
+    for line in shown[-lines:] if lines > 0 else []:
+        out.line(line.removesuffix("\r"))
     return OK
 
 
@@ -329,7 +379,7 @@ def cmd_exec(
         try:
             return subprocess.call(command)
         except FileNotFoundError:
-            out.line(f"{out.paint('FAILED', '31;1')} cannot run {command[0]!r}: not found")
+            out.line(FAILED_TAG, f" cannot run {command[0]!r}: not found")
             return 127
         except KeyboardInterrupt:
             return 130
@@ -344,11 +394,11 @@ def _leave_all(out: Output, blocks: list[Running]) -> None:
         try:
             block.__exit__(None, None, None)
         except DaemonError as err:
-            out.line(f"{out.paint('FAILED', '31;1')} {block.daemon.name}: {type(err).__name__}")
-            out.line(_indent(str(err)))
+            out.line(FAILED_TAG, f" {block.daemon.name}: {type(err).__name__}")
+            out.block(str(err))
             continue
         if pid is not None and block.daemon.read_pid() is None:
-            out.line(f"{out.paint('ok', '32')} {block.daemon.name}: stopped (PID {pid})")
+            out.line(OK_TAG, f" {block.daemon.name}: stopped (PID {pid})")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -364,7 +414,7 @@ class _Parser(argparse.ArgumentParser):
     def _print_message(self, message: str, file: Any = None) -> None:  # noqa: ANN401 - as in argparse
         if message:
             stream = self.err if file is sys.stderr else self.out
-            stream.write(message)
+            stream.write(visible(message, newlines=True))
             stream.flush()
 
 
@@ -424,12 +474,17 @@ def _parser(stdout: IO[str], stderr: IO[str]) -> _Parser:
     return parser
 
 
+class _SafeFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return visible(super().format(record), newlines=True)
+
+
 @contextlib.contextmanager
 def _logging_to(stream: IO[str], *, verbose: bool) -> Iterator[None]:
     """Send the library's log records to ``stream`` for the block (debug ones with -v)."""
     logger = logging.getLogger(_LOGGER)
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+    handler.setFormatter(_SafeFormatter("%(asctime)s %(name)s: %(message)s"))
     handler.setLevel(logging.DEBUG if verbose else logging.WARNING)
     level = logger.level
     logger.addHandler(handler)
@@ -467,13 +522,13 @@ def run(argv: Sequence[str], stdout: IO[str], stderr: IO[str]) -> int:
             project = _project(args, command)
             return _dispatch(out, project, args, command)
         except (_Usage, _config.ConfigError) as problem:
-            err.line(f"daemon-controller: {problem}")
+            err.block(f"daemon-controller: {problem}", indent="")
             return USAGE
         except ValueError as problem:  # an incomplete daemon: a configuration problem
-            err.line(f"daemon-controller: {problem}")
+            err.block(f"daemon-controller: {problem}", indent="")
             return USAGE
         except DaemonError as problem:
-            err.line(f"daemon-controller: {problem}")
+            err.block(f"daemon-controller: {problem}", indent="")
             return FAILED
         except KeyboardInterrupt:
             err.line("daemon-controller: interrupted")

@@ -8,7 +8,8 @@ runs the command: ``up`` / ``down`` / ``restart`` / ``status`` (table and
 stopping, concurrent starts, exit codes (0, 1 with the daemon's error output, 2
 for usage and configuration errors), config lookup (``-c``, parent
 directories), ``--help``, ``-v``, colours and the live status line on a
-terminal (a real pseudo-terminal) and plain output elsewhere.
+terminal (a real pseudo-terminal) and plain output elsewhere, control
+characters escaped.
 
 Most tests call :func:`daemon_controller._cli.run` in this process with
 in-memory streams (the daemons, PID files and sockets are real); a few run
@@ -758,7 +759,7 @@ def test_exec_of_a_missing_program_exits_127_and_stops_the_daemons(project):
     assert project.pid("db") is None
 
 
-# -- output: terminals, colours, logging -----------------------------------------------
+# -- output: terminals, colours, logging, control characters ---------------------------
 
 
 def test_plain_output_when_not_a_terminal(project):
@@ -817,6 +818,48 @@ def test_verbose_logs_debug_on_stderr(project):
     quiet = project.ok("down")
     assert "Stopping daemon" not in quiet.stderr
     assert quiet.stderr == ""
+
+
+ESC_NAME = "db\x1b[2J\x1b]0;owned\x07"
+NASTY_LINE = "\x1b[31mred\x1b[0m progress\r50%\x9b2J"
+
+
+def test_control_characters_in_names_and_logs_are_escaped(project, monkeypatch):
+    """A daemon name, a log line or a daemon's error output with escape sequences or \\r
+    is printed with those characters escaped, also on a terminal."""
+    monkeypatch.setenv("TERM", "xterm-256color")
+    project.echo(ESC_NAME, "--log-message", NASTY_LINE, files="db")
+    project.echo(
+        "bad", "--before-daemonize-message", "fail\x1b[2Jed\rhere", "--exit-before-daemonize", "3"
+    )
+    results = [project.run("up"), project.ok("status"), project.ok("logs", ESC_NAME)]
+    code, on_terminal = run_on_terminal(project, "logs", ESC_NAME)
+    assert code == 0
+    assert results[0].returncode == 1
+    for text in [r.output for r in results]:
+        assert "\x1b" not in text
+        assert "\r" not in text
+        assert "\x9b" not in text
+    shown_name = r"db\x1b[2J\x1b]0;owned\x07"
+    assert f"ok {shown_name}: started" in results[0].stdout
+    assert r"fail\x1b[2Jed\rhere" in results[0].stdout
+    (row,) = [line for line in results[1].stdout.splitlines() if line.startswith("db")]
+    assert row.startswith(shown_name + "  running")
+    assert r"\x1b[31mred\x1b[0m progress\r50%\x9b2J" in results[2].stdout
+    assert "\x1b[31mred" not in on_terminal
+    assert r"\x1b[31mred\x1b[0m progress\r50%" in on_terminal
+    project.tables.pop("bad")
+
+
+def test_control_characters_in_the_live_status_line_are_escaped(project, monkeypatch):
+    """The live status line shows a daemon's last log line with its escapes made visible."""
+    monkeypatch.setenv("TERM", "xterm-256color")
+    # The start command logs the line, then waits: the line stays the last one meanwhile.
+    project.echo("web", prelude=r"printf '\033]0;title\007x\rover\n' >> log/web.log; sleep 1; ")
+    code, output = run_on_terminal(project, "up")
+    assert code == 0, output
+    assert r"| web: \x1b]0;title\x07x\rover" in output
+    assert "\x1b]0;" not in output
 
 
 # -- as a separate process ---------------------------------------------------------------
