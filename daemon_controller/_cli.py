@@ -353,7 +353,8 @@ def cmd_exec(
 
     Each daemon is entered as a ``running()`` block, so two ``exec`` runs at
     once share the daemons: the one that started a daemon does not stop it
-    while the other's command still uses it; the last one out does.
+    while the other's command still uses it; the last one out does. ``out``
+    should be standard error: standard output belongs to the command.
     """
     if not command:
         raise _Usage("exec needs a command after '--', e.g.: daemon-controller exec -- pytest")
@@ -463,7 +464,8 @@ def _parser(stdout: IO[str], stderr: IO[str]) -> _Parser:
         "exec",
         help="run a command with the daemons up",
         description="Start the daemons, run COMMAND, pass its exit code through, and stop "
-        "the daemons this started (unless --keep).",
+        "the daemons this started (unless --keep). Progress goes to standard error; "
+        "standard output is the command's.",
         parents=[common],
     )
     parsers.append(p)
@@ -520,7 +522,7 @@ def run(argv: Sequence[str], stdout: IO[str], stderr: IO[str]) -> int:
     with _logging_to(stderr, verbose=args.verbose):
         try:
             project = _project(args, command)
-            return _dispatch(out, project, args, command)
+            return _dispatch(out, err, project, args, command)
         except (_Usage, _config.ConfigError) as problem:
             err.block(f"daemon-controller: {problem}", indent="")
             return USAGE
@@ -568,7 +570,11 @@ def _project(args: argparse.Namespace, command: list[str]) -> _config.Project:
 
 
 def _dispatch(
-    out: Output, project: _config.Project, args: argparse.Namespace, command: list[str]
+    out: Output,
+    err: Output,
+    project: _config.Project,
+    args: argparse.Namespace,
+    command: list[str],
 ) -> int:
     if args.command == "up":
         return cmd_up(out, project, args.names)
@@ -580,4 +586,4 @@ def _dispatch(
         return cmd_status(out, project, args.names, as_json=args.json)
     if args.command == "logs":
         return cmd_logs(out, project, args.name, args.lines)
-    return cmd_exec(out, project, args.names, command, keep=args.keep)
+    return cmd_exec(err, project, args.names, command, keep=args.keep)

@@ -14,7 +14,8 @@ characters escaped.
 Most tests call :func:`daemon_controller._cli.run` in this process with
 in-memory streams (the daemons, PID files and sockets are real); a few run
 the installed ``daemon-controller`` script and ``python -m daemon_controller``
-as subprocesses: what only a separate process shows (Ctrl-C). The last section tests
+as subprocesses: what only a separate process shows (standard output of
+``exec`` redirected to a file, Ctrl-C). The last section tests
 ``daemon_controller._files.read_tail``, which reads the logs for the CLI and
 the pytest plugin.
 """
@@ -684,15 +685,16 @@ SEEN = (
 
 def test_exec_passes_the_exit_code_through_and_stops_what_it_started(project):
     """exec runs the command with the daemons up, exits with its code, then stops them
-    in reverse order."""
+    in reverse order; its own messages go to stderr."""
     project.echo("db").echo("web", after=["db"])
     result = project.run("exec", "--", sys.executable, "-c", SEEN)
     assert result.returncode == 7, result
     pid_during = int((project.dir / "seen.txt").read_text())  # the command ran with db up
-    assert "ok db: started" in result.stdout
-    assert "ok web: stopped" in result.stdout
-    assert "ok db: stopped" in result.stdout
-    assert result.stdout.index("ok web: stopped") < result.stdout.index("ok db: stopped")
+    assert result.stdout == ""
+    assert "ok db: started" in result.stderr
+    assert "ok web: stopped" in result.stderr
+    assert "ok db: stopped" in result.stderr
+    assert result.stderr.index("ok web: stopped") < result.stderr.index("ok db: stopped")
     assert project.pid("db") is None
     assert project.pid("web") is None
     wait_for(lambda: not alive(pid_during), what="db to exit")
@@ -725,10 +727,10 @@ def test_exec_leaves_an_already_running_daemon_running(project):
     db = project.pid("db")
     result = project.run("exec", "--", sys.executable, "-c", SEEN)
     assert result.returncode == 7
-    assert f"ok db: already running (PID {db})" in result.stdout
-    assert "ok web: started" in result.stdout
-    assert "ok web: stopped" in result.stdout
-    assert "db: stopped" not in result.stdout
+    assert f"ok db: already running (PID {db})" in result.stderr
+    assert "ok web: started" in result.stderr
+    assert "ok web: stopped" in result.stderr
+    assert "db: stopped" not in result.stderr
     assert project.pid("db") == db
     assert alive(db)
     assert project.pid("web") is None
@@ -742,11 +744,11 @@ def test_exec_with_a_failing_daemon_does_not_run_the_command(project):
     )
     result = project.run("exec", "--", sys.executable, "-c", "open('ran.txt', 'w').close()")
     assert result.returncode == 1
-    assert "boom" in result.output
+    assert "boom" in result.stderr
     assert not (project.dir / "ran.txt").exists()
     # db was started for the command, so it is stopped again
-    assert "ok db: started" in result.stdout
-    assert "ok db: stopped" in result.stdout
+    assert "ok db: started" in result.stderr
+    assert "ok db: stopped" in result.stderr
     assert project.pid("db") is None
 
 
@@ -755,7 +757,7 @@ def test_exec_of_a_missing_program_exits_127_and_stops_the_daemons(project):
     project.echo("db")
     result = project.run("exec", "--", "/nonexistent/program")
     assert result.returncode == 127
-    assert "/nonexistent/program" in result.output
+    assert "/nonexistent/program" in result.stderr
     assert project.pid("db") is None
 
 
@@ -863,6 +865,37 @@ def test_control_characters_in_the_live_status_line_are_escaped(project, monkeyp
 
 
 # -- as a separate process ---------------------------------------------------------------
+
+
+def test_console_script_exec_leaves_stdout_to_the_command(project):
+    """`daemon-controller exec -- cmd > out.json`: the file holds the command's output only;
+    exec's progress goes to stderr."""
+    project.echo("db")
+    document = {"answer": 42}
+    out_file = project.dir / "out.json"
+    with out_file.open("w") as out:
+        result = subprocess.run(
+            [
+                console_script(),
+                "exec",
+                "--",
+                sys.executable,
+                "-c",
+                f"import json; print(json.dumps({document!r}))",
+            ],
+            cwd=project.dir,
+            env=subprocess_env(),
+            stdout=out,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(out_file.read_text()) == document
+    assert "ok db: started" in result.stderr
+    assert "ok db: stopped" in result.stderr
+    assert project.pid("db") is None
 
 
 def test_python_dash_m_runs_the_same_command(project):
