@@ -21,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 from . import _config
@@ -155,6 +155,7 @@ class Output:
 
 OK_TAG = Painted("ok", "32")
 FAILED_TAG = Painted("FAILED", "31;1")
+SKIPPED_TAG = Painted("skipped", "33")
 
 
 def _last_log_line(daemon: Daemon) -> str:
@@ -165,19 +166,22 @@ def _last_log_line(daemon: Daemon) -> str:
 
 
 @contextlib.contextmanager
-def _live(out: Output, verb: str, daemons: dict[str, Daemon]) -> Iterator[None]:
+def _live(out: Output, verb: str, active: Callable[[], dict[str, Daemon]]) -> Iterator[None]:
     """While the block runs, refresh a status line: who, how long, their last log line."""
     done = threading.Event()
     started = time.monotonic()
 
     def refresh() -> None:
         while not done.wait(0.1):
-            names = ", ".join(daemons)
+            daemons = active()
+            if not daemons:
+                continue
             last = ""
             for name, daemon in daemons.items():
                 line = _last_log_line(daemon)
                 if line:
                     last = f" | {name}: {line}"
+            names = ", ".join(daemons)
             out.status(f"{verb} {names} ({time.monotonic() - started:.1f} s){last}")
 
     thread = threading.Thread(target=refresh, daemon=True) if out.tty else None
@@ -192,36 +196,141 @@ def _live(out: Output, verb: str, daemons: dict[str, Daemon]) -> Iterator[None]:
         out.clear()
 
 
-def _run_waves(
+# -- running an action on many daemons ---------------------------------------------------
+
+
+class _Plan(NamedTuple):
+    """What to do to which daemons, and in which order."""
+
+    verb: str  # for the live line: "starting"
+    infinitive: str  # for messages: "start"
+    needs: dict[str, set[str]]  # each daemon: the daemons whose action must succeed first
+    reverse: bool  # needs are the daemons that start after this one (stopping)
+
+
+def _forward(project: _config.Project, names: list[str], verb: str, infinitive: str) -> _Plan:
+    wanted = set(names)
+    needs = {n: set(project.after.get(n, ())) & wanted for n in names}
+    return _Plan(verb, infinitive, needs, reverse=False)
+
+
+def _backward(project: _config.Project, names: list[str], verb: str, infinitive: str) -> _Plan:
+    wanted = set(names)
+    needs = {n: {m for m in wanted if n in project.after.get(m, ())} for n in names}
+    return _Plan(verb, infinitive, needs, reverse=True)
+
+
+class _Run:
+    """One run of an action over a plan: what is pending, running, done and failed.
+
+    Each daemon begins as soon as the daemons it needs succeeded; a result or
+    a failure is printed the moment it comes; a daemon whose dependency failed
+    is skipped, saying which one. With ``keep_going`` off (``exec``: the
+    command will not run anyway), nothing new begins after the first failure.
+    """
+
+    def __init__(
+        self,
+        out: Output,
+        project: _config.Project,
+        plan: _Plan,
+        action: Callable[[str, Daemon], str | None],
+        *,
+        keep_going: bool,
+    ) -> None:
+        self.out = out
+        self.project = project
+        self.plan = plan
+        self.action = action
+        self.keep_going = keep_going
+        self.pending = set(plan.needs)
+        self.succeeded: set[str] = set()
+        self.roots: dict[str, list[str]] = {}  # failed or skipped -> the failures behind it
+        self.running: dict[Future[str | None], str] = {}
+        self.lock = threading.Lock()  # running is read by the live status line
+
+    def active(self) -> dict[str, Daemon]:
+        """The daemons being acted on now."""
+        with self.lock:
+            names = sorted(self.running.values())
+        return {name: self.project.daemons[name] for name in names}
+
+    def __call__(self) -> int:
+        """Run everything; the exit code."""
+        pool = ThreadPoolExecutor(max_workers=max(1, len(self.pending)))
+        with pool, _live(self.out, self.plan.verb, self.active):
+            while self.pending or self.running:
+                self._skip_blocked()
+                for name in sorted(n for n in self.pending if self.plan.needs[n] <= self.succeeded):
+                    self.pending.discard(name)
+                    future = pool.submit(self.action, name, self.project.daemons[name])
+                    with self.lock:
+                        self.running[future] = name
+                if not self.running:
+                    break  # nothing left can begin (cannot happen: 'after' has no cycles)
+                finished, _ = wait(self.running, return_when=FIRST_COMPLETED)
+                for future in sorted(finished, key=self.running.__getitem__):
+                    self._report(future)
+        return FAILED if self.roots else OK
+
+    def _skip_blocked(self) -> None:
+        """Skip every pending daemon that can no longer begin, saying why."""
+        changed = True
+        while changed:  # a skip can block what needs the skipped daemon
+            changed = False
+            for name in sorted(self.pending):
+                failed = sorted(d for d in self.plan.needs[name] if d in self.roots)
+                if failed:
+                    dep = failed[0]
+                    self._skip(name, self._reason(dep), self.roots[dep])
+                    changed = True
+                elif self.roots and not self.keep_going:
+                    causes = sorted({r for rs in self.roots.values() for r in rs})
+                    reason = f"{', '.join(causes)} failed to {self.plan.infinitive}"
+                    self._skip(name, reason, causes)
+                    changed = True
+
+    def _skip(self, name: str, reason: str, causes: list[str]) -> None:
+        self.pending.discard(name)
+        self.roots[name] = causes
+        self.out.line(SKIPPED_TAG, f" {name}: {reason}")
+
+    def _reason(self, dep: str) -> str:
+        """Why a daemon that needs ``dep`` is skipped."""
+        roots = self.roots[dep]
+        if dep in roots:
+            what = f"failed to {self.plan.infinitive}"
+        else:
+            what = f"was skipped ({', '.join(roots)} failed to {self.plan.infinitive})"
+        if self.plan.reverse:
+            return f"{dep} starts after it and {what}"
+        return f"it starts after {dep}, which {what}"
+
+    def _report(self, future: Future[str | None]) -> None:
+        with self.lock:
+            name = self.running.pop(future)
+        try:
+            result = future.result()
+        except DaemonError as err:
+            self.roots[name] = [name]
+            self.out.line(FAILED_TAG, f" {name}: {type(err).__name__}")
+            self.out.block(str(err))
+            return
+        self.succeeded.add(name)
+        if result:
+            self.out.line(OK_TAG, f" {name}: {result}")
+
+
+def _run_plan(
     out: Output,
     project: _config.Project,
-    waves: list[list[str]],
-    verb: str,
+    plan: _Plan,
     action: Callable[[str, Daemon], str | None],
+    *,
+    keep_going: bool = True,
 ) -> int:
-    """Run ``action`` on each wave's daemons concurrently; stop at the first failed wave."""
-    status = OK
-    for wave in waves:
-        daemons = {name: project.daemons[name] for name in wave}
-        results: dict[str, str | BaseException | None] = {}
-        with _live(out, verb, daemons), ThreadPoolExecutor(max_workers=len(wave)) as pool:
-            futures = {name: pool.submit(action, name, daemons[name]) for name in wave}
-            for name, future in futures.items():
-                try:
-                    results[name] = future.result()
-                except DaemonError as err:
-                    results[name] = err
-        for name in wave:
-            result = results[name]
-            if isinstance(result, BaseException):
-                status = FAILED
-                out.line(FAILED_TAG, f" {name}: {type(result).__name__}")
-                out.block(str(result))
-            elif result:
-                out.line(OK_TAG, f" {name}: {result}")
-        if status != OK:
-            break
-    return status
+    """Run ``action`` on every daemon of ``plan`` (see :class:`_Run`); the exit code."""
+    return _Run(out, project, plan, action, keep_going=keep_going)()
 
 
 def _start_one(_name: str, daemon: Daemon) -> str | None:
@@ -250,25 +359,32 @@ def _restart_one(_name: str, daemon: Daemon) -> str | None:
     return f"restarted (PID {daemon.read_pid()}) in {time.monotonic() - started:.2f} s"
 
 
+def _needed(project: _config.Project, names: list[str]) -> list[str]:
+    """``names`` and what they start after (all daemons when empty), in start order."""
+    return [n for wave in project.order(names or None) for n in wave]
+
+
+def _only(project: _config.Project, names: list[str]) -> list[str]:
+    """``names`` alone (all daemons when empty), in start order."""
+    return [n for n in _needed(project, names) if not names or n in names]
+
+
 def cmd_up(out: Output, project: _config.Project, names: list[str]) -> int:
     """Start what is not running, in ``after`` order, independent daemons at once."""
-    return _run_waves(out, project, project.order(names or None), "starting", _start_one)
-
-
-def _only(project: _config.Project, names: list[str]) -> list[list[str]]:
-    """The ``after`` waves, keeping only ``names`` (all when empty)."""
-    waves = project.order(names or None)
-    return [w for w in ([n for n in wave if not names or n in names] for wave in waves) if w]
+    plan = _forward(project, _needed(project, names), "starting", "start")
+    return _run_plan(out, project, plan, _start_one)
 
 
 def cmd_down(out: Output, project: _config.Project, names: list[str]) -> int:
     """Stop, in reverse ``after`` order."""
-    return _run_waves(out, project, list(reversed(_only(project, names))), "stopping", _stop_one)
+    plan = _backward(project, _only(project, names), "stopping", "stop")
+    return _run_plan(out, project, plan, _stop_one)
 
 
 def cmd_restart(out: Output, project: _config.Project, names: list[str]) -> int:
     """Restart, in ``after`` order."""
-    return _run_waves(out, project, _only(project, names), "restarting", _restart_one)
+    plan = _forward(project, _only(project, names), "restarting", "restart")
+    return _run_plan(out, project, plan, _restart_one)
 
 
 def _describe(name: str, daemon: Daemon) -> dict[str, Any]:
@@ -297,8 +413,7 @@ def _uptime(seconds: float | None) -> str:
 
 def cmd_status(out: Output, project: _config.Project, names: list[str], *, as_json: bool) -> int:
     """A table (or JSON) of every daemon: state, PID, uptime and ping."""
-    order = [n for wave in project.order(names or None) for n in wave]
-    rows = [_describe(name, project.daemons[name]) for name in order]
+    rows = [_describe(name, project.daemons[name]) for name in _needed(project, names)]
     if as_json:
         out.block(json.dumps(rows, indent=2), indent="")  # JSON escapes control characters
         return OK
@@ -358,7 +473,7 @@ def cmd_exec(
     """
     if not command:
         raise _Usage("exec needs a command after '--', e.g.: daemon-controller exec -- pytest")
-    waves = project.order(names or None)
+    plan = _forward(project, _needed(project, names), "starting", "start")
     blocks: list[Running] = []
     lock = threading.Lock()
 
@@ -374,7 +489,7 @@ def cmd_exec(
         return f"started (PID {daemon.read_pid()}) in {time.monotonic() - started:.2f} s"
 
     try:
-        status = _run_waves(out, project, waves, "starting", enter)
+        status = _run_plan(out, project, plan, enter, keep_going=False)
         if status != OK:
             return status
         try:

@@ -5,9 +5,10 @@ daemons (``tests/echo_server.py``, free ports, PID and log files relative to
 the file, ``DC_TEST_ID`` in their ``env`` so the sweeper finds leftovers) and
 runs the command: ``up`` / ``down`` / ``restart`` / ``status`` (table and
 ``--json``) / ``logs`` / ``exec``, the ``after`` order for starting and
-stopping, concurrent starts, exit codes (0, 1 with the daemon's error output, 2
-for usage and configuration errors), config lookup (``-c``, parent
-directories), ``--help``, ``-v``, colours and the live status line on a
+stopping, concurrent starts, failures reported as they happen and the daemons
+skipped because of them, exit codes (0, 1 with the daemon's error output, 2 for
+usage and configuration errors), config lookup (``-c``, parent directories),
+``--help``, ``-v``, colours and the live status line on a
 terminal (a real pseudo-terminal) and plain output elsewhere, control
 characters escaped.
 
@@ -489,6 +490,24 @@ def test_down_stops_in_reverse_after_order(project):
         wait_for(lambda pid=pid: not alive(pid), what=f"PID {pid} to exit")
 
 
+def test_down_leaves_what_a_daemon_that_failed_to_stop_needs(project):
+    """When a daemon fails to stop, down keeps what it starts after running, says so, exits 1."""
+    project.echo("db")
+    project.echo("web", stop="exit 3", after=["db"])
+    project.ok("up")
+    db, web = project.pid("db"), project.pid("web")
+    try:
+        result = project.run("down")
+        assert result.returncode == 1, result
+        assert "FAILED web" in result.stdout
+        assert "skipped db: web starts after it and failed to stop" in result.stdout
+        assert alive(db)
+        assert alive(web)
+    finally:
+        project.tables["web"].pop("stop")  # the fixture's down can stop it now
+        project.write()
+
+
 def test_down_named_daemon_leaves_the_others(project):
     """down NAME stops only NAME."""
     project.echo("db").echo("web", after=["db"])
@@ -555,7 +574,30 @@ def test_failed_start_exits_1_and_shows_the_daemons_output(project):
     assert "Traceback" not in result.output
     assert project.pid("web") is None
     assert project.events("web", "listening") == []
-    assert "web" not in result.output
+    assert "skipped web: it starts after bad, which failed to start" in result.output
+
+
+@pytest.mark.slow
+def test_up_reports_a_failure_at_once_and_says_what_it_skips(project):
+    """A daemon that fails at once is reported at once, not when a slow sibling is up;
+    each daemon that needs it (directly or not) is skipped naming the failure; exit 1."""
+    project.echo("slow", "--wait-before-listen", "3")
+    project.echo("db", start="exit 127")
+    project.echo("app", after=["db"])
+    project.echo("web", after=["app"])
+    result = project.run("up")
+    assert result.returncode == 1, result
+    stdout, _ = project.last_streams
+    assert stdout.written_at("FAILED db") < project.listening_at("slow") - 1
+    assert "127" in result.output
+    assert "skipped app: it starts after db, which failed to start" in result.stdout
+    assert (
+        "skipped web: it starts after app, which was skipped (db failed to start)" in result.stdout
+    )
+    assert re.search(r"^ok slow: started", result.stdout, re.MULTILINE)
+    assert alive(project.pid("slow"))
+    assert project.pid("app") is None
+    assert project.pid("web") is None
 
 
 def test_config_error_exits_2_and_names_file_daemon_and_key(project):
@@ -742,9 +784,11 @@ def test_exec_with_a_failing_daemon_does_not_run_the_command(project):
     project.echo(
         "bad", "--exit-before-daemonize", "4", "--before-daemonize-message", "boom", after=["db"]
     )
+    project.echo("web", after=["bad"])
     result = project.run("exec", "--", sys.executable, "-c", "open('ran.txt', 'w').close()")
     assert result.returncode == 1
     assert "boom" in result.stderr
+    assert "skipped web: it starts after bad, which failed to start" in result.stderr
     assert not (project.dir / "ran.txt").exists()
     # db was started for the command, so it is stopped again
     assert "ok db: started" in result.stderr
