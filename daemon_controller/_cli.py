@@ -49,7 +49,8 @@ The daemons come from daemons.toml ([daemons.<name>] tables) or from
 pyproject.toml ([tool.daemon-controller.daemons.<name>]) in this directory or
 above it, or from -c FILE.
 
-exit codes: 0 success, 1 a daemon failed, 2 usage or configuration error
+exit codes: 0 success, 1 a daemon failed, 2 usage or configuration error;
+exec exits with its command's code
 """
 
 OK, FAILED, USAGE = 0, 1, 2
@@ -517,6 +518,15 @@ def _leave_all(out: Output, blocks: list[Running]) -> None:
             out.line(OK_TAG, f" {block.daemon.name}: stopped (PID {pid})")
 
 
+def _version() -> str:
+    from importlib import metadata  # noqa: PLC0415 - only --version needs it
+
+    try:
+        return metadata.version("daemon-controller")
+    except metadata.PackageNotFoundError:  # run from a source tree
+        return "(version unknown: not installed)"
+
+
 class _Parser(argparse.ArgumentParser):
     """An ``ArgumentParser`` that writes to the streams :func:`run` was given."""
 
@@ -534,12 +544,33 @@ class _Parser(argparse.ArgumentParser):
             stream.flush()
 
 
+class _VersionAction(argparse.Action):
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:  # noqa: ANN401 - argparse's
+        kwargs.update(nargs=0, default=argparse.SUPPRESS)
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        del namespace, values, option_string
+        parser._print_message(f"{parser.prog} {_version()}\n", None)  # noqa: SLF001 - our _Parser
+        parser.exit()
+
+
 def _count(text: str) -> int:
     value = int(text)
     if value < 0:
         msg = f"must be 0 or more, not {value}"
         raise argparse.ArgumentTypeError(msg)
     return value
+
+
+_CONFIG_HELP = "the daemons file (default: daemons.toml or pyproject.toml here or above)"
+_VERBOSE_HELP = "log what the library does, on standard error"
 
 
 def _parser(stdout: IO[str], stderr: IO[str]) -> _Parser:
@@ -549,41 +580,48 @@ def _parser(stdout: IO[str], stderr: IO[str]) -> _Parser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("-c", "--config", metavar="FILE", help="the daemons file to use")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what the library does")
+    parser.add_argument("--version", action=_VersionAction, help="print the version and exit")
+    parser.add_argument("-c", "--config", metavar="FILE", help=_CONFIG_HELP)
+    parser.add_argument("-v", "--verbose", action="store_true", help=_VERBOSE_HELP)
     # -c and -v are accepted after the command too: `daemon-controller up -v`.
     common = _Parser(add_help=False)
-    common.add_argument("-c", "--config", metavar="FILE", default=argparse.SUPPRESS)
-    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
+    common.add_argument(
+        "-c", "--config", metavar="FILE", default=argparse.SUPPRESS, help=_CONFIG_HELP
+    )
+    common.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=_VERBOSE_HELP
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     parsers: list[_Parser] = [parser]
+
+    def command(name: str, text: str, **kwargs: Any) -> _Parser:  # noqa: ANN401 - add_parser's
+        kwargs.setdefault("description", text[0].upper() + text[1:] + ".")
+        p: _Parser = sub.add_parser(name, help=text, parents=[common], **kwargs)
+        parsers.append(p)
+        return p
+
     for name, text in (
         ("up", "start the daemons that are not running"),
         ("down", "stop the daemons, in reverse order"),
         ("restart", "restart the daemons"),
     ):
-        p = sub.add_parser(name, help=text, description=text, parents=[common])
-        parsers.append(p)
-        p.add_argument("names", nargs="*", metavar="NAME", help="only these daemons")
-    p = sub.add_parser(
-        "status", help="show state, PID, uptime and ping of each daemon", parents=[common]
-    )
-    parsers.append(p)
+        command(name, text).add_argument(
+            "names", nargs="*", metavar="NAME", help="only these daemons"
+        )
+    p = command("status", "show state, PID, uptime and ping of each daemon")
     p.add_argument("names", nargs="*", metavar="NAME", help="only these daemons")
     p.add_argument("--json", action="store_true", help="print JSON for machines")
-    p = sub.add_parser("logs", help="show the end of a daemon's log", parents=[common])
-    parsers.append(p)
-    p.add_argument("name", metavar="NAME")
+    p = command("logs", "show the end of a daemon's log")
+    p.add_argument("name", metavar="NAME", help="the daemon")
     p.add_argument("-n", "--lines", type=_count, default=20, help="how many lines (default 20)")
-    p = sub.add_parser(
+    p = command(
         "exec",
-        help="run a command with the daemons up",
+        "run a command with the daemons up",
+        usage="%(prog)s [-h] [-c FILE] [-v] [--keep] [NAME ...] -- COMMAND [ARG ...]",
         description="Start the daemons, run COMMAND, pass its exit code through, and stop "
         "the daemons this started (unless --keep). Progress goes to standard error; "
         "standard output is the command's.",
-        parents=[common],
     )
-    parsers.append(p)
     p.add_argument("names", nargs="*", metavar="NAME", help="only these daemons")
     p.add_argument("--keep", action="store_true", help="leave the daemons running afterwards")
     for each in parsers:
@@ -630,7 +668,7 @@ def run(argv: Sequence[str], stdout: IO[str], stderr: IO[str]) -> int:
         args_in, command = args_in[:cut], args_in[cut + 1 :]
     try:
         args = _parser(stdout, stderr).parse_args(args_in)
-    except SystemExit as leave:  # --help, or a usage error (already printed)
+    except SystemExit as leave:  # --help, --version, or a usage error (already printed)
         return leave.code if isinstance(leave.code, int) else USAGE
     out = Output(stdout)
     err = Output(stderr)

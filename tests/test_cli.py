@@ -8,7 +8,7 @@ runs the command: ``up`` / ``down`` / ``restart`` / ``status`` (table and
 stopping, concurrent starts, failures reported as they happen and the daemons
 skipped because of them, exit codes (0, 1 with the daemon's error output, 2 for
 usage and configuration errors), config lookup (``-c``, parent directories),
-``--help``, ``-v``, colours and the live status line on a
+``--help`` and ``--version``, ``-v``, colours and the live status line on a
 terminal (a real pseudo-terminal) and plain output elsewhere, control
 characters escaped.
 
@@ -40,6 +40,7 @@ import termios
 import threading
 import time
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -301,7 +302,7 @@ def run_on_terminal(project: Project, *args: str, columns: int | None = 120) -> 
     return code, tty.text().replace("<<end>>\r\n", "")
 
 
-# -- help, and what run() leaves behind ---------------------------------------------------
+# -- help and version --------------------------------------------------------------------
 
 
 def test_help_shows_commands_and_examples(project):
@@ -313,6 +314,37 @@ def test_help_shows_commands_and_examples(project):
     assert "daemon-controller exec -- " in result.stdout
     assert "exit codes" in result.stdout
     assert "\x1b[" not in result.stdout
+    assert result.stderr == ""
+
+
+def test_help_gives_every_command_a_description_and_every_option_a_text(project):
+    """Each command has a line in --help and a description in its own --help;
+    -c and -v say what they do; exec's usage shows where its command goes."""
+    listing = project.ok("--help").stdout
+    for command in ("up", "down", "restart", "status", "logs", "exec"):
+        assert re.search(rf"^    {command} +\w.{{10,}}$", listing, re.MULTILINE), command
+        own = project.ok(command, "--help").stdout
+        body = own.split("\n\n")[1]  # after the usage: the description
+        assert not body.lstrip().startswith(("positional arguments", "options")), (command, own)
+        for option in ("-c FILE, --config FILE", "-v, --verbose"):
+            lines = own.splitlines()
+            (at,) = [i for i, x in enumerate(lines) if x.strip().startswith(option)]
+            text = lines[at].strip().removeprefix(option).strip() or lines[at + 1].strip()
+            assert text, (command, option, own)
+            assert not text.startswith("-"), (command, option, own)
+    usage = project.ok("exec", "--help").stdout.splitlines()[0]
+    assert usage.startswith("usage: daemon-controller exec ")
+    assert usage.rstrip().endswith("-- COMMAND [ARG ...]")
+
+
+def test_version_prints_the_installed_version(project):
+    """--version prints "daemon-controller VERSION" on stdout and exits 0."""
+    try:
+        expected = metadata.version("daemon-controller")
+    except metadata.PackageNotFoundError:  # a source tree on sys.path
+        expected = "(version unknown: not installed)"
+    result = project.ok("--version")
+    assert result.stdout == f"daemon-controller {expected}\n"
     assert result.stderr == ""
 
 
