@@ -6,7 +6,7 @@ console script around it, which also turns SIGTERM into the same clean-up as
 Ctrl-C.
 
 Exit codes: 0 success, 1 a daemon failed (its error output is shown), 2 a usage
-or configuration error.
+or configuration error; ``exec`` passes its command's exit code through.
 """
 
 from __future__ import annotations
@@ -54,6 +54,10 @@ exec exits with its command's code
 """
 
 OK, FAILED, USAGE = 0, 1, 2
+
+#: How long ``exec`` waits for its command to exit after Ctrl-C or SIGTERM
+#: before killing it (seconds): long enough for a test run to tear down.
+COMMAND_GRACE = 10.0
 
 _LOGGER = "daemon_controller"
 
@@ -443,7 +447,8 @@ def cmd_status(out: Output, project: _config.Project, names: list[str], *, as_js
 def cmd_logs(out: Output, project: _config.Project, name: str, lines: int) -> int:
     """The last lines of a daemon's log file."""
     if name not in project.daemons:
-        raise _Usage(f"no daemon named {name!r} (declared: {', '.join(sorted(project.daemons))})")
+        known = ", ".join(sorted(project.daemons))
+        raise _Usage(f"no daemon named {name!r} (declared: {known})")
     log = project.daemons[name].resolved().config.log_file
     if log is None:
         raise _Usage(f"daemon {name!r} has no log file ('log' key)")
@@ -493,15 +498,39 @@ def cmd_exec(
         status = _run_plan(out, project, plan, enter, keep_going=False)
         if status != OK:
             return status
-        try:
-            return subprocess.call(command)
-        except FileNotFoundError:
-            out.line(FAILED_TAG, f" cannot run {command[0]!r}: not found")
-            return 127
-        except KeyboardInterrupt:
-            return 130
+        return _run_command(out, command)
     finally:
         _leave_all(out, blocks)
+
+
+def _run_command(out: Output, command: list[str]) -> int:
+    """Run ``command`` on our own standard streams; its exit code, shell-style.
+
+    On Ctrl-C (which the command received too, from the terminal) or SIGTERM
+    (passed on to it), the command gets :data:`COMMAND_GRACE` seconds to exit,
+    so that a test run can tear its fixtures down, before it is killed.
+    """
+    try:
+        proc = subprocess.Popen(command)
+    except FileNotFoundError:
+        out.line(FAILED_TAG, f" cannot run {command[0]!r}: not found")
+        return 127
+    except OSError as err:  # not executable, not a program: what a shell calls 126
+        out.line(FAILED_TAG, f" cannot run {command[0]!r}: {err.strerror or err}")
+        return 126
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt as interrupt:
+        signum = _signal_of(interrupt)
+        if signum != signal.SIGINT:
+            proc.send_signal(signum)
+        try:
+            proc.wait(timeout=COMMAND_GRACE)
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):  # or a second Ctrl-C
+            proc.kill()
+            proc.wait()
+        raise
+    return 128 - code if code < 0 else code  # killed by signal N: 128 + N, as shells say
 
 
 def _leave_all(out: Output, blocks: list[Running]) -> None:
@@ -516,6 +545,9 @@ def _leave_all(out: Output, blocks: list[Running]) -> None:
             continue
         if pid is not None and block.daemon.read_pid() is None:
             out.line(OK_TAG, f" {block.daemon.name}: stopped (PID {pid})")
+
+
+# -- the command line --------------------------------------------------------------------
 
 
 def _version() -> str:
@@ -685,16 +717,19 @@ def run(argv: Sequence[str], stdout: IO[str], stderr: IO[str]) -> int:
         except DaemonError as problem:
             err.block(f"daemon-controller: {problem}", indent="")
             return FAILED
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as interrupt:
             err.line("daemon-controller: interrupted")
-            return 130
+            return 128 + _signal_of(interrupt)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The console script: :func:`run` on ``sys.argv``, with SIGTERM handled like Ctrl-C.
 
-    A CI job that times out sends SIGTERM: raising ``KeyboardInterrupt`` for
-    it lets ``exec`` still stop the daemons it started.
+    A CI job that times out sends SIGTERM; raising ``KeyboardInterrupt`` for it
+    (carrying the signal's number) lets ``exec`` pass it on to its command and
+    stop the daemons it started. Ctrl-C keeps Python's own SIGINT handler,
+    which raises ``KeyboardInterrupt`` (or stays ignored when the parent
+    ignored SIGINT, as for a background job).
     """
     previous: Any = None
     with contextlib.suppress(ValueError):  # not the main thread (embedded use): no handler
@@ -708,6 +743,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(signum)
+
+
+def _signal_of(interrupt: KeyboardInterrupt) -> int:
+    """Which signal raised ``interrupt``: the one :func:`_interrupt` names, else SIGINT."""
+    if interrupt.args and isinstance(interrupt.args[0], int):
+        return interrupt.args[0]
+    return int(signal.SIGINT)
 
 
 def _project(args: argparse.Namespace, command: list[str]) -> _config.Project:

@@ -16,7 +16,7 @@ Most tests call :func:`daemon_controller._cli.run` in this process with
 in-memory streams (the daemons, PID files and sockets are real); a few run
 the installed ``daemon-controller`` script and ``python -m daemon_controller``
 as subprocesses: what only a separate process shows (standard output of
-``exec`` redirected to a file, Ctrl-C). The last section tests
+``exec`` redirected to a file, Ctrl-C and SIGTERM). The last section tests
 ``daemon_controller._files.read_tail``, which reads the logs for the CLI and
 the pytest plugin.
 """
@@ -837,6 +837,28 @@ def test_exec_of_a_missing_program_exits_127_and_stops_the_daemons(project):
     assert project.pid("db") is None
 
 
+def test_exec_of_a_file_that_is_not_a_program_exits_126(project):
+    """A command that cannot be executed (no execute permission) exits 126, as in a shell,
+    with a message instead of a traceback; the daemons are stopped."""
+    project.echo("db")
+    data = project.dir / "data.txt"
+    data.write_text("not a program\n")
+    result = project.run("exec", "--", str(data))
+    assert result.returncode == 126, result
+    assert f"cannot run {str(data)!r}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert project.pid("db") is None
+
+
+def test_exec_of_a_command_killed_by_a_signal_exits_128_plus_the_signal(project):
+    """A command killed by signal N makes exec exit 128 + N, as a shell does."""
+    project.echo("db")
+    kill_self = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
+    result = project.run("exec", "--", sys.executable, "-c", kill_self)
+    assert result.returncode == 128 + signal.SIGKILL
+    assert project.pid("db") is None
+
+
 # -- output: terminals, colours, logging, control characters ---------------------------
 
 
@@ -1039,6 +1061,20 @@ def test_keyboard_interrupt_during_exec_still_stops_the_daemons(project):
         _out, err = proc.communicate(timeout=30)
         assert proc.returncode == 130, err
     assert (project.dir / "got-signal").read_text() == str(int(signal.SIGINT))
+    wait_for(lambda: not alive(pid), what="db to exit")
+    assert project.pid("db") is None
+
+
+def test_sigterm_during_exec_is_passed_on_and_the_daemons_stopped(project):
+    """SIGTERM to exec alone (a CI timeout): the command gets SIGTERM and time to finish,
+    the daemons are stopped, and exec exits 128 + SIGTERM."""
+    project.echo("db")
+    with exec_in_background(project) as proc:
+        pid = project.pid("db")
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 128 + signal.SIGTERM, err
+    assert (project.dir / "got-signal").read_text() == str(int(signal.SIGTERM))
     wait_for(lambda: not alive(pid), what="db to exit")
     assert project.pid("db") is None
 
