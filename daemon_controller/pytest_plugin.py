@@ -16,6 +16,9 @@ enough. In a ``conftest.py``::
   with ``Daemon.running()``).
 * When a test fails while a daemon fixture is in use, the lines the daemon
   added to its log during that test appear in the failure report.
+* A daemon that cannot be stopped is logged, listed in a section of the
+  terminal summary, and makes the run fail (exit code 1): it is still
+  running, and the next run may trip over it.
 * Under pytest-xdist, the workers that ask for the same session-scoped daemon
   share one instance: it is started once and stopped after the last worker is
   done, not when the first worker finishes. Each worker holds a shared lock on
@@ -30,7 +33,7 @@ the modules it collected and its conftest files.
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import os
 import tempfile
 import types
@@ -42,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import pytest
 
 from . import _lock, _scoped
+from ._errors import DaemonError
 
 if TYPE_CHECKING:
     from collections.abc import Generator, Iterable, Iterator
@@ -53,6 +57,10 @@ Scope = Literal["function", "class", "module", "package", "session"]
 _RUN_ENV = "DAEMON_CONTROLLER_PYTEST_RUN"
 #: The attribute of a fixture function that carries its declaration.
 _DECLARATION = "_daemon_controller_declaration"
+#: The key of ``config.workeroutput`` carrying a worker's stop failures to the controller.
+_WORKER_FAILURES = "daemon_controller_stop_failures"
+
+_LOG = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -79,6 +87,8 @@ class _State:
     run_lease: _lock.Held | None = None
     #: The run file, in the process that created it (the xdist controller).
     run_file: Path | None = None
+    #: One line per daemon that could not be stopped.
+    stop_failures: list[str] = field(default_factory=list)
 
 
 _STATE = pytest.StashKey[_State]()
@@ -124,14 +134,28 @@ def daemon_fixture(
         # Under xdist, a session daemon outlives this worker's session scope:
         # the last worker of the run settles it (see pytest_sessionfinish).
         block.defer = scope == "session" and _xdist_worker() and state.run_lease is not None
-        with block:
-            yield declared.daemon
+        entered = False
+        try:
+            with block:
+                entered = True
+                yield declared.daemon
+        except DaemonError as err:
+            if entered:  # leaving the block: the stop failed
+                _stop_failed(state, declared, err)
+            raise
 
     fixture.__name__ = name
     fixture.__doc__ = f"The daemon {declared.daemon.name!r}, running ({scope} scope)."
     # pytest 8 returns this function itself, pytest 9 a wrapper that copies its __dict__.
     setattr(fixture, _DECLARATION, declared)
     return pytest.fixture(fixture, scope=scope, name=name, autouse=autouse)
+
+
+def _stop_failed(state: _State, declared: _Declared, err: BaseException) -> None:
+    """Log a daemon that could not be stopped, and keep a line for the summary."""
+    _LOG.error("Fixture %r could not stop its daemon: %s", declared.fixture, err)
+    first = str(err).strip().splitlines()[:1] or [repr(err)]
+    state.stop_failures.append(f"{type(err).__name__} in fixture {declared.fixture!r}: {first[0]}")
 
 
 def _declarations_in(namespaces: Iterable[object]) -> Iterator[_Declared]:
@@ -182,29 +206,63 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """The last xdist worker of the run stops the session daemons the run started.
+    """Settle the session daemons (last xdist worker); fail a run that left daemons running.
 
-    Done at the end of the worker's session (its session fixtures are torn
-    down by then), before the worker reports "finished" to the xdist
-    controller: after that report the controller may interrupt a worker that
-    is slow to exit (SIGINT after 5 s), and ``pytest_unconfigure`` would never
-    run (found with hypothesis's slow terminal summary).
+    The last xdist worker of the run stops the session daemons the run
+    started. Done at the end of the worker's session (its session fixtures
+    are torn down by then), before the worker reports "finished" to the
+    xdist controller: after that report the controller may interrupt a worker
+    that is slow to exit (SIGINT after 5 s), and ``pytest_unconfigure`` would
+    never run (found with hypothesis's slow terminal summary). A worker hands
+    its stop failures to the controller with that report.
     """
-    state = _state(session.config)
-    if state.run_lease is None:
-        return
-    state.run_lease.release()
-    state.run_lease = None
+    config = session.config
+    state = _state(config)
+    if state.run_lease is not None:
+        state.run_lease.release()
+        state.run_lease = None
+        _settle_if_last(state)
+    workeroutput = getattr(config, "workeroutput", None)
+    if isinstance(workeroutput, dict):
+        workeroutput[_WORKER_FAILURES] = list(state.stop_failures)
+    elif state.stop_failures and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _settle_if_last(state: _State) -> None:
     last = _lock.acquire(Path(os.environ[_RUN_ENV]), "pytest run", shared=False, blocking=False)
     if last is None:
         return  # another worker is still running; it will settle
     try:
         for declared in state.declared.values():
             if declared.scope == "session" and declared.stop is not False:
-                with contextlib.suppress(Exception):
+                try:
                     _scoped.settle(declared.daemon, stop=declared.stop)
+                except Exception as err:  # noqa: BLE001 - reported, and the other daemons still settled
+                    _stop_failed(state, declared, err)
     finally:
         last.release()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:  # noqa: ANN401 - xdist's WorkerController
+    """The xdist controller collects the stop failures a worker reports."""
+    del error
+    output = getattr(node, "workeroutput", None)
+    failures = output.get(_WORKER_FAILURES) if isinstance(output, dict) else None
+    if failures:
+        _state(node.config).stop_failures.extend(str(line) for line in failures)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """List the daemons that could not be stopped: they are still running."""
+    failures = _state(terminalreporter.config).stop_failures
+    if not failures:
+        return
+    terminalreporter.section("daemons that could not be stopped", sep="=", red=True, bold=True)
+    for line in failures:
+        terminalreporter.line(line, red=True)
+    terminalreporter.line("They may still be running; `daemon-controller down` or kill them.")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
