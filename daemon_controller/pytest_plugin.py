@@ -46,6 +46,7 @@ import pytest
 
 from . import _lock, _scoped
 from ._errors import DaemonError
+from ._files import read_tail
 
 if TYPE_CHECKING:
     from collections.abc import Generator, Iterable, Iterator
@@ -288,16 +289,6 @@ def _log_size(daemon: Daemon) -> int:
         return 0
 
 
-def _new_log_text(log: Path, offset: int) -> str:
-    try:
-        with log.open("rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            f.seek(offset if offset <= size else 0)
-            return f.read(64 * 1024).decode("utf-8", errors="replace")
-    except OSError:
-        return ""
-
-
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """Remember where each daemon's log ends before the test (and its fixtures) run."""
@@ -320,7 +311,7 @@ def pytest_runtest_makereport(
             log = None if declared is None else declared.daemon.config.log_file
             if declared is None or log is None:
                 continue
-            text = _new_log_text(log, state.log_offsets.get(name, 0))
+            text = read_tail(log, since=state.log_offsets.get(name, 0)) or ""
             if text.strip():
                 report.sections.append((f"daemon {declared.daemon.name!r} log ({name})", text))
     return report

@@ -9,7 +9,7 @@ count the starts), the PIDs the inner tests saw, and the process table.
 
 * function, module and session scopes: started and stopped per scope;
 * a daemon that was running before the run is left running;
-* a failing test's report shows the daemon's new log lines;
+* a failing test's report shows the daemon's new log lines (the newest 64 KiB);
 * a daemon that cannot be stopped is listed in the terminal summary and fails
   the run, with and without xdist;
 * under ``pytest -n 4`` a session daemon is started once for all workers and
@@ -317,6 +317,31 @@ def test_failing_test_report_shows_the_daemons_new_log_lines(inner: Inner):
     assert section.index("custom line from the failing test") < section.index(
         "test_c_fails_without_the_daemon"
     )
+    inner.assert_stopped({pid for _, _, pid in inner.seen_rows()})
+
+
+def test_failure_report_shows_the_newest_part_of_a_long_log(inner: Inner):
+    """When a failing test makes the daemon log more than 64 KiB, its report shows the
+    last 64 KiB (where the error usually is), not the first."""
+    inner.conftest("function")
+    inner.pytester.makepyfile(
+        """
+        from conftest import LOG
+
+        def test_fails(note):
+            with open(LOG, "a") as f:
+                f.write("early line of the failing test\\n")
+                f.write(("x" * 99 + "\\n") * 1000)
+                f.write("final line before the failure\\n")
+            assert False, "failing on purpose"
+        """
+    )
+    result = inner.run()
+    result.assert_outcomes(failed=1)
+    out = result.stdout.str()
+    section = out[out.index(f"daemon '{NAME}' log (echo_daemon)") :]
+    assert "final line before the failure" in section
+    assert "early line of the failing test" not in section
     inner.assert_stopped({pid for _, _, pid in inner.seen_rows()})
 
 
