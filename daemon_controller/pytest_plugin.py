@@ -34,7 +34,6 @@ the modules it collected and its conftest files.
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 import types
 import uuid
@@ -55,7 +54,11 @@ if TYPE_CHECKING:
 
 Scope = Literal["function", "class", "module", "package", "session"]
 
-_RUN_ENV = "DAEMON_CONTROLLER_PYTEST_RUN"
+#: The key of ``config.workerinput`` naming the run file to the xdist workers.
+#: Handed over by xdist itself, not through the environment: a pytest run
+#: nested in a worker (pytester, a subprocess) inherits the environment, and
+#: must not take itself for a worker of the outer run.
+_RUN_KEY = "daemon_controller_run_file"
 #: The attribute of a fixture function that carries its declaration.
 _DECLARATION = "_daemon_controller_declaration"
 #: The key of ``config.workeroutput`` carrying a worker's stop failures to the controller.
@@ -84,8 +87,9 @@ class _State:
     declared: dict[str, _Declared] = field(default_factory=dict)
     #: Where each daemon's log ended when the current test started.
     log_offsets: dict[str, int] = field(default_factory=dict)
-    #: An xdist worker's shared lock on the run file.
+    #: An xdist worker's shared lock on the run file, and the file.
     run_lease: _lock.Held | None = None
+    run_lease_path: Path | None = None
     #: The run file, in the process that created it (the xdist controller).
     run_file: Path | None = None
     #: One line per daemon that could not be stopped.
@@ -97,10 +101,6 @@ _STATE = pytest.StashKey[_State]()
 
 def _state(config: pytest.Config) -> _State:
     return config.stash.setdefault(_STATE, _State())
-
-
-def _xdist_worker() -> bool:
-    return "PYTEST_XDIST_WORKER" in os.environ
 
 
 def daemon_fixture(
@@ -134,7 +134,7 @@ def daemon_fixture(
         block = declared.daemon.running(stop=stop)
         # Under xdist, a session daemon outlives this worker's session scope:
         # the last worker of the run settles it (see pytest_sessionfinish).
-        block.defer = scope == "session" and _xdist_worker() and state.run_lease is not None
+        block.defer = scope == "session" and state.run_lease is not None
         entered = False
         try:
             with block:
@@ -190,19 +190,25 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     """Join (or, in the xdist controller, create) this run's worker lease."""
     state = _state(config)
-    if hasattr(config, "workerinput") or _xdist_worker():
-        path = os.environ.get(_RUN_ENV)
+    workerinput = getattr(config, "workerinput", None)
+    if isinstance(workerinput, dict):
+        path = workerinput.get(_RUN_KEY)
         if path:
-            state.run_lease = _lock.acquire(Path(path), "pytest run", shared=True)
+            state.run_lease_path = Path(path)
+            state.run_lease = _lock.acquire(state.run_lease_path, "pytest run", shared=True)
         return
-    if os.environ.get(_RUN_ENV):
-        return  # a nested pytest run (pytester) inside another
-    numprocesses = config.getoption("numprocesses", default=None)
-    if numprocesses:
-        # The controller: workers inherit the variable when xdist spawns them.
+    if config.getoption("numprocesses", default=None):
+        # The controller: each worker is told the file when xdist sets it up.
         run_file = Path(tempfile.gettempdir()) / f"daemon-controller-run-{uuid.uuid4().hex}.lock"
-        os.environ[_RUN_ENV] = str(run_file)
         state.run_file = run_file
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:  # noqa: ANN401 - xdist's WorkerController
+    """The xdist controller names the run file to each worker it starts."""
+    run_file = _state(node.config).run_file
+    if run_file is not None:
+        node.workerinput[_RUN_KEY] = str(run_file)
 
 
 @pytest.hookimpl(trylast=True)
@@ -231,7 +237,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 
 def _settle_if_last(state: _State) -> None:
-    last = _lock.acquire(Path(os.environ[_RUN_ENV]), "pytest run", shared=False, blocking=False)
+    if state.run_lease_path is None:
+        return
+    last = _lock.acquire(state.run_lease_path, "pytest run", shared=False, blocking=False)
     if last is None:
         return  # another worker is still running; it will settle
     try:
@@ -270,7 +278,6 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     """The controller removes the run file; a worker drops a lease it still holds."""
     state = _state(config)
     if state.run_file is not None:  # the controller: tidy up
-        os.environ.pop(_RUN_ENV, None)
         state.run_file.unlink(missing_ok=True)
         state.run_file = None
         return

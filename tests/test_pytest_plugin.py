@@ -18,6 +18,7 @@ count the starts), the PIDs the inner tests saw, and the process table.
 
 from __future__ import annotations
 
+import fcntl
 import textwrap
 from pathlib import Path
 
@@ -479,3 +480,35 @@ def test_runs_in_one_process_do_not_share_the_plugins_state(inner: Inner):
     second.assert_outcomes(passed=1)
     assert SUMMARY not in second.stdout.str()
     assert second.ret == pytest.ExitCode.OK
+
+
+@pytest.mark.parametrize("args", [(), ("-n", "2")], ids=["plain", "xdist"])
+def test_a_run_nested_in_an_xdist_worker_settles_its_own_session_daemon(
+    inner: Inner, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, args: tuple[str, ...]
+):
+    # A pytest run started from inside an xdist worker (a docs example, a
+    # pytester subprocess) inherits that worker's environment. It must not take
+    # itself for one of the outer run's workers, whose last one would settle
+    # its daemons: here that outer run is still going, so nobody would.
+    outer_run = tmp_path / "outer-run.lock"
+    outer_run.touch()
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw0")
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "2")
+    monkeypatch.setenv("DAEMON_CONTROLLER_PYTEST_RUN", str(outer_run))
+    with outer_run.open("rb") as held:
+        fcntl.flock(held, fcntl.LOCK_SH)  # the outer run's other worker is still inside
+        inner.conftest("session")
+        inner.pytester.makepyfile(
+            """
+            import pytest
+
+            @pytest.mark.parametrize("i", range(4))
+            def test_uses_it(note, i):
+                pass
+            """
+        )
+        result = inner.run(*args)
+        result.assert_outcomes(passed=4)
+        pids = {pid for _, _, pid in inner.seen_rows()}
+        assert len(pids) == 1
+        inner.assert_stopped(pids)
