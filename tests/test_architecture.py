@@ -27,6 +27,7 @@ LAYERS = [
     "_options",
     "_probes",
     "_process",
+    "_record",
     "_lock",
     "_pidfile",
     "_tracking",
