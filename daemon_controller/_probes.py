@@ -1,23 +1,32 @@
 """Readiness checks ("pings"): can the daemon be connected to right now?
 
 Each probe is a small frozen object whose ``check(timeout)`` returns ``True``
-when the daemon answers and ``False`` when it does not (yet). Errors that mean
-"nobody is listening yet" are a plain ``False``; anything else (a bug in a
-user's ping function) propagates.
+when the daemon answers and ``False`` when it does not (yet), within
+``timeout`` seconds in all (a server trickling its answer a byte at a time
+does not hold a start past its ``start_timeout``). Errors that mean "nobody is
+listening yet" are a plain ``False``; anything else (a bug in a user's ping
+function) propagates. A ping that could never succeed is refused when it is
+built: a unix socket path too long to connect to, credentials in a URL.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import os
+import re
+import selectors
 import socket
 import subprocess
+import sys
+import time
 import urllib.parse
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import psutil
 
+from . import _platform
 from ._options import command_text
 
 if TYPE_CHECKING:
@@ -87,22 +96,10 @@ class TcpPing:
             raise ValueError(msg)
 
     def check(self, timeout: float) -> bool:
-        """Try each address ``host`` resolves to (IPv4 and IPv6) in turn."""
-        try:
-            infos = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
-        except socket.gaierror:
-            return False
-        for family, kind, proto, _name, address in infos:
-            sock = socket.socket(family, kind, proto)
-            try:
-                sock.settimeout(max(timeout, 0.001))
-                sock.connect(address)
-            except OSError:
-                continue
-            else:
-                return True
-            finally:
-                sock.close()
+        """Try each address ``host`` resolves to (IPv4 and IPv6), within ``timeout`` in all."""
+        with contextlib.suppress(OSError):
+            connect(self.host, self.port, time.monotonic() + max(timeout, 0.001)).close()
+            return True
         return False
 
     def describe(self) -> str:
@@ -115,6 +112,16 @@ class UnixPing:
     """Ready when a connect to the unix socket at ``path`` succeeds."""
 
     path: Path
+
+    def __post_init__(self) -> None:
+        size = len(os.fsencode(self.path))
+        if size > _platform.UNIX_PATH_MAX:
+            msg = (
+                f"the unix socket path {str(self.path)!r} is {size} bytes long; a socket "
+                f"can only be connected at a path of up to {_platform.UNIX_PATH_MAX} bytes "
+                "here. Choose a shorter path."
+            )
+            raise ValueError(msg)
 
     def check(self, timeout: float) -> bool:
         """Connect to the socket file."""
@@ -148,26 +155,46 @@ class HttpPing:
         if parts.scheme not in {"http", "https"} or not parts.hostname:
             msg = f"ping_http needs an http:// or https:// URL with a host, not {self.url!r}"
             raise ValueError(msg)
+        if parts.username is not None or parts.password is not None:
+            msg = (
+                f"ping_http does not send the credentials in {self.url!r}, so the daemon "
+                "would refuse every ping; use a URL it answers without them, or "
+                "ping(fn) with a request of your own"
+            )
+            raise ValueError(msg)
+        try:
+            parts.port  # noqa: B018 - raises for a port out of range
+        except ValueError as err:
+            msg = f"ping_http: bad port in {self.url!r}: {err}"
+            raise ValueError(msg) from None
 
     def check(self, timeout: float) -> bool:
-        """Send one GET and look at the status line."""
-        import http.client  # noqa: PLC0415 - 40 ms of import time, only for HTTP pings
-
+        """Send one GET and read the status line, all within ``timeout`` seconds."""
         parts = urllib.parse.urlsplit(self.url)
-        conn_class = (
-            http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        https = parts.scheme == "https"
+        deadline = time.monotonic() + max(timeout, 0.001)
+        target = urllib.parse.quote(
+            (parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
+            safe="/?&=%:@!$'()*+,;~-._",
         )
-        conn = conn_class(parts.netloc, timeout=max(timeout, 0.001))
-        path = parts.path or "/"
-        if parts.query:
-            path += "?" + parts.query
+        request = (
+            f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+            "Connection: close\r\nAccept: */*\r\n\r\n"
+        ).encode()
         try:
-            conn.request("GET", path, headers={"Connection": "close"})
-            status = conn.getresponse().status
-        except (OSError, http.client.HTTPException):
+            sock = connect(parts.hostname or "", parts.port or (443 if https else 80), deadline)
+        except OSError:
+            return False
+        try:
+            sock.settimeout(0.0)  # non-blocking: every wait is bounded by the deadline
+            if https:
+                sock = _tls(sock, parts.hostname or "", deadline)
+            _send_all(sock, request, deadline)
+            status = _status(sock, deadline)
+        except (OSError, ValueError):
             return False
         finally:
-            conn.close()
+            sock.close()
         return 200 <= status < 400  # noqa: PLR2004 - 2xx and 3xx
 
     def describe(self) -> str:
@@ -233,6 +260,113 @@ class CallablePing:
     def describe(self) -> str:
         """The function's name."""
         return getattr(self.function, "__qualname__", repr(self.function))
+
+
+def connect(host: str, port: int, deadline: float) -> socket.socket:
+    """A TCP connection to the first address of ``host`` that answers before ``deadline``.
+
+    Raises:
+        OSError: None did (``TimeoutError`` once the deadline passed).
+    """
+    error: OSError = TimeoutError(f"no connection to {host}:{port} in time")
+    for family, kind, proto, _name, address in socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM
+    ):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(remaining)
+            sock.connect(address)
+        except OSError as err:
+            sock.close()
+            error = err
+            continue
+        return sock
+    raise error
+
+
+def _wait(sock: socket.socket, deadline: float, *, write: bool = False) -> None:
+    """Wait until ``sock`` may be read (written), until ``deadline``; TimeoutError after."""
+    remaining = deadline - time.monotonic()
+    if remaining > 0:
+        with selectors.DefaultSelector() as selector:  # no FD_SETSIZE limit, unlike select()
+            selector.register(sock, selectors.EVENT_WRITE if write else selectors.EVENT_READ)
+            if selector.select(remaining):
+                return
+    raise TimeoutError("no answer in time")
+
+
+def _tls(sock: socket.socket, host: str, deadline: float) -> socket.socket:
+    """``sock`` wrapped in TLS (certificate checked), the handshake done by ``deadline``."""
+    import ssl  # noqa: PLC0415 - 10 ms of import time, only for https pings
+
+    tls = ssl.create_default_context().wrap_socket(
+        sock, server_hostname=host, do_handshake_on_connect=False
+    )
+    while True:
+        try:
+            tls.do_handshake()
+        except ssl.SSLWantReadError:
+            _wait(tls, deadline)
+        except ssl.SSLWantWriteError:
+            _wait(tls, deadline, write=True)
+        else:
+            return tls
+
+
+def _blocked(err: OSError) -> str | None:
+    """``"read"`` or ``"write"`` if a non-blocking call must wait for that; ``None``: a failure."""
+    if isinstance(err, BlockingIOError | InterruptedError):
+        return "io"
+    ssl = sys.modules.get("ssl")  # imported if the socket is a TLS one
+    if ssl is not None and isinstance(err, ssl.SSLWantReadError):
+        return "read"
+    if ssl is not None and isinstance(err, ssl.SSLWantWriteError):
+        return "write"
+    return None
+
+
+def _send_all(sock: socket.socket, data: bytes, deadline: float) -> None:
+    while data:
+        try:
+            data = data[sock.send(data) :]
+        except OSError as err:
+            wait_for = _blocked(err)
+            if wait_for is None:
+                raise
+            _wait(sock, deadline, write=wait_for != "read")
+
+
+_STATUS_LINE = re.compile(rb"HTTP/\d(?:\.\d)? +([1-5]\d\d)\b")
+
+
+def _status(sock: socket.socket, deadline: float) -> int:
+    """The status code of the response on ``sock``, read by ``deadline``.
+
+    Raises:
+        ValueError: What came back is not an HTTP response.
+        OSError: The connection failed, or ``TimeoutError`` at the deadline.
+    """
+    received = b""
+    while b"\n" not in received:
+        try:
+            chunk = sock.recv(1024)
+        except OSError as err:
+            wait_for = _blocked(err)
+            if wait_for is None:
+                raise
+            _wait(sock, deadline, write=wait_for == "write")
+            continue
+        if not chunk or len(received) > 8192:  # noqa: PLR2004 - a status line is short
+            break
+        received += chunk
+    found = _STATUS_LINE.match(received)
+    if found is None:
+        msg = "not an HTTP response"
+        raise ValueError(msg)
+    return int(found.group(1))
 
 
 def holder(probe: Probe) -> str | None:
