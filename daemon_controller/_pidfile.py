@@ -90,14 +90,19 @@ class _Verdict:
 
 _verdicts: dict[str, _Verdict] = {}
 _verdicts_lock = threading.Lock()
-_MAX_VERDICTS = 256
+#: Verdicts kept at most; each may hold a pidfd open.
+_MAX_VERDICTS = 64
 
 
 def _remember(key: str, verdict: _Verdict) -> None:
     with _verdicts_lock:
-        old = _verdicts.get(key)
-        if len(_verdicts) >= _MAX_VERDICTS and old is None:
-            _verdicts.clear()
+        if len(_verdicts) >= _MAX_VERDICTS and key not in _verdicts:
+            # Room for one more: forget the files that are gone (a test suite's
+            # daemon per temporary directory), else everything.
+            for gone in [path for path in _verdicts if not os.path.lexists(path)]:
+                del _verdicts[gone]
+            if len(_verdicts) >= _MAX_VERDICTS:
+                _verdicts.clear()
         # Replaced handles are not closed here: another thread may be polling
         # one right now. They close themselves when the last reference goes.
         _verdicts[key] = verdict
