@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import os
 import subprocess
 import tempfile
 from typing import IO, TYPE_CHECKING, Any, NoReturn
 
-from . import _commands, _pidfile, _platform, _process, _tracking
+from . import _commands, _interrupts, _pidfile, _platform, _process, _record, _tracking
 from ._errors import StartError, StartTimeout, hide_frames
-from ._logs import LogWatch
+from ._logs import LogWatch, open_for_program
 from ._options import command_text
 from ._probes import PingUnusable
 from ._waiting import Deadline, MonotonicClock, poll_until
@@ -69,7 +70,7 @@ class Start:
         self.clock = clock
         self.pid_file = target.files.pid
         self.probe = target.probe
-        self.log = LogWatch(target.log_file)
+        self.log = LogWatch(target.log_file, self.cfg.user)
         self.foreground = self.cfg.foreground
         self.phase = Phase.PING if self.foreground else Phase.COMMAND
         self.deadline = Deadline(self.cfg.start_timeout, clock)
@@ -86,13 +87,13 @@ class Start:
     # spawning ------------------------------------------------------------------
 
     def _spawn(self) -> subprocess.Popen[bytes]:
-        stdout: IO[bytes] | None
+        stdout: IO[bytes] | int | None
         if self.log.passthrough:
             stdout = None  # the user wants the daemon's output on our terminal
         elif self.foreground:
             # The program stays in the foreground: its output is its log.
             try:
-                stdout = open(self.log.path, "ab")  # noqa: SIM115, PTH123 - handed to the child, closed below
+                stdout = open_for_program(self.log.path, self.cfg.user)
             except OSError as err:
                 msg = (
                     f"Daemon '{self.name}' failed to start: cannot open its log file "
@@ -115,8 +116,8 @@ class Start:
             msg = f"Daemon '{self.name}' failed to start: cannot run {text}: {err}"
             raise StartError(self.name, msg, ran=False) from err
         finally:
-            if self.foreground and stdout is not None:
-                stdout.close()
+            if isinstance(stdout, int):
+                os.close(stdout)
         if self.foreground:
             _process.adopt(proc)
         return proc
@@ -291,6 +292,8 @@ class Start:
         try:
             self.tracker = _tracking.Descendants(self.marker)
             self.descendants = _tracking.AllExitedWatch(self.tracker, self.exits, self.clock)
+            # Before the spawn: a controller killed from here on leaves the marker behind.
+            _record.write(self.target.files.record, _record.Record(self.marker))
             self.proc = self._spawn()
             self.tracker.adopt(self.proc.pid)
             self.last_activity = self.clock.now()
@@ -305,6 +308,10 @@ class Start:
             if not ready:
                 self._timed_out()
             self._write_own_pid_file()
+            if self.pid is not None:  # who it is, by a start time no clock step changes
+                _record.write(
+                    self.target.files.record, _record.of(self.marker, self.pid, ready=True)
+                )
         except _Failed as failure:
             self._abort()
             raise self._error(failure) from None
@@ -368,14 +375,21 @@ class Start:
 
         SIGTERM, ``start_abort_timeout`` seconds, then SIGKILL; found through the
         PID file and the environment marker (see ``_tracking``), so a daemon that
-        double-forked into its own session is found too.
+        double-forked into its own session is found too. Ctrl-C cannot cut it
+        short (it is raised when the abort is done), but makes SIGKILL follow
+        SIGTERM at once.
         """
+        _interrupts.complete(self._abort_steps)
+
+    def _abort_steps(self, interrupts: _interrupts.Deferred) -> None:
         written = _pidfile.read_pid(self.pid_file)
         if self.tracker is not None:
             for pid in {written, self.pid} - {None}:
                 assert pid is not None  # noqa: S101 - for the type checker
                 self.tracker.adopt(pid)
-            victims = self.tracker.terminate(self.cfg.start_abort_timeout, self.clock)
+            victims = self.tracker.terminate(
+                self.cfg.start_abort_timeout, self.clock, interrupts.pending
+            )
             if victims:
                 self.cfg.logger.warning(
                     "Daemon '%s': stopped PIDs %s after a failed start",
@@ -389,6 +403,7 @@ class Start:
                 self.proc.wait(timeout=_process.KILL_GRACE)
         if written is not None and not _process.is_alive(written):
             _pidfile.remove_if_names(self.pid_file, written)
+        _record.clear(self.target.files.record)
         _process.reap_all()
 
     def _error(self, failure: _Failed) -> StartError:
