@@ -158,8 +158,9 @@ class _ThreadState(threading.local):
     def __init__(self) -> None:
         # Lock files this thread keeps open (closed when the thread ends).
         self.files: dict[str, int] = _OpenFiles()
-        # path -> (shared?, id of the ``locked`` holding it): what this thread holds now.
-        self.held: dict[str, tuple[bool, int]] = {}
+        # path -> (shared?,): the locks this thread holds now; each entry a
+        # tuple of its own, which tells the ``locked`` holding it.
+        self.held: dict[str, tuple[bool]] = {}
 
 
 _state = _ThreadState()
@@ -243,7 +244,17 @@ class locked:  # noqa: N801 - used like a function: ``with locked(...)``
             exclusive lock while holding the shared one (which would deadlock).
     """
 
-    __slots__ = ("_fd", "_held", "_key", "_local", "identifier", "missing_dir_ok", "path", "shared")
+    __slots__ = (
+        "_entry",
+        "_fd",
+        "_held",
+        "_key",
+        "_local",
+        "identifier",
+        "missing_dir_ok",
+        "path",
+        "shared",
+    )
 
     def __init__(
         self, path: Path, identifier: str, *, shared: bool, missing_dir_ok: bool = False
@@ -254,8 +265,9 @@ class locked:  # noqa: N801 - used like a function: ``with locked(...)``
         self.missing_dir_ok = missing_dir_ok
         self._fd: int | None = None
         self._key = ""
-        self._held: dict[str, tuple[bool, int]] = {}
+        self._held: dict[str, tuple[bool]] = {}
         self._local: _ThreadState | None = None
+        self._entry: tuple[bool] | None = None
 
     def __enter__(self) -> None:
         if not self.enter():  # pragma: no cover - a blocking enter waits until it holds it
@@ -291,30 +303,31 @@ class locked:  # noqa: N801 - used like a function: ``with locked(...)``
         # (unlocking a descriptor not locked yet is harmless).
         self._key, self._held, self._local = key, state.held, state
         self._fd = fd
-        state.held[key] = (self.shared, id(self))
+        # A tuple made here: its identity tells this object's entry from another's.
+        self._entry = entry = (self.shared,)
+        state.held[key] = entry
         if not _platform.lock_fd(fd, shared=self.shared, blocking=blocking):
             self._release()
             return False
         return True
 
-    def _release(self) -> None:
+    def _release(self, *exc_info: object) -> None:  # noqa: ARG002 - also __exit__
         # Whatever line an interrupt stops this at, calling it again (from
         # __del__) finishes the job, and never unlocks a lock taken since by
         # another object on the same descriptor: the thread's entry must still
-        # name this object.
+        # be this object's.
         fd = self._fd
         if fd is None:
             return
-        entry = self._held.get(self._key)
-        if entry is not None and entry[1] == id(self):
+        if self._held.get(self._key) is self._entry:
             if self._local is _state:  # not a forked child's copy of the parent's lock
                 _platform.unlock_fd(fd)
             del self._held[self._key]
         self._fd = None
 
-    def __exit__(self, *exc_info: object) -> None:
-        self._release()
+    __exit__ = _release
 
     def __del__(self) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            self._release()
+        if self._fd is not None:  # checked first: this runs after every is_running()
+            with contextlib.suppress(OSError, ValueError):
+                self._release()

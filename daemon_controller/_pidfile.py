@@ -110,10 +110,11 @@ def _remember(key: str, verdict: _Verdict) -> None:
 
 def live(target: Target) -> int | None:
     """:func:`live_pid` of a daemon's PID file, with its start record and user."""
-    return live_pid(target.files.pid, record=target.files.record, user=target.config.user)
+    files = target.files
+    return live_pid(files.pid, files.record, target.config.user)
 
 
-def live_pid(path: Path, *, record: Path | None = None, user: str | None = None) -> int | None:
+def live_pid(path: Path, record: Path | None = None, user: str | None = None) -> int | None:
     """The PID in the file if that process is alive, could have written it, and is trusted.
 
     A process created after the file was last written cannot be the one that
