@@ -117,7 +117,8 @@ def stop_locked(target: Target, clock: Clock) -> None:
         remove_stale(pid_file)
     # A program we run in the foreground leads a session of its own; when it is
     # a shell running a pipeline, its group is the daemon, not the PID. Only the
-    # session we made for it is signalled as a whole.
+    # session we made for it is signalled as a whole (without a record, made
+    # by an earlier version, a session of its own has to do).
     group = (
         cfg.foreground
         and pid is not None
