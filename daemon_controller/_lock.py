@@ -55,14 +55,15 @@ def _open(path: Path, identifier: str) -> int | None:
     except FileNotFoundError:
         return None
     except UnsafeFileError as err:
+        if err.owner is not None:
+            why = "refusing it: whoever can open it can hold it locked for ever"
+        elif "symbolic link" in err.problem:
+            why = "refusing to follow it"
+        else:
+            why = "refusing it"
         msg = (
-            f"Daemon '{identifier}': refusing lock file {err}"
-            + (
-                "; refusing to follow it"
-                if "symbolic link" in err.problem
-                else " (whoever can open it can hold it locked for ever)"
-            )
-            + ". Remove it, or choose another path with .lock(path)."
+            f"Daemon '{identifier}': lock file {err}; {why}. "
+            "Remove it, or choose another path with .lock(path)."
         )
         raise DaemonError(identifier, msg) from err
     except OSError as err:

@@ -365,7 +365,11 @@ class Start:
         short (it is raised when the abort is done), but makes SIGKILL follow
         SIGTERM at once.
         """
-        _interrupts.complete(self._abort_steps)
+        try:
+            _interrupts.complete(self._abort_steps)
+        except BaseException:
+            self._close_output()  # no StartError will read it: a deferred Ctrl-C
+            raise
 
     def _abort_steps(self, interrupts: _interrupts.Deferred) -> None:
         written = _pidfile.read_pid(self.pid_file)
