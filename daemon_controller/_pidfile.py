@@ -278,6 +278,19 @@ def _mode_writers(info: os.stat_result) -> set[int]:
     return uids
 
 
+def distrust(path: Path, pid: int, user: str | None) -> str | None:
+    """Why ``pid``, read from the PID file, is not trusted as the daemon (see the module).
+
+    For a start watching the PID file appear: what it names becomes the
+    daemon whose identity the start record keeps.
+    """
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return _distrust(str(path), info, pid, user)
+
+
 def _distrust(key: str, info: os.stat_result, pid: int, user: str | None) -> str | None:
     """Why ``pid`` is not trusted as the daemon, or ``None`` if it is."""
     geteuid = getattr(os, "geteuid", None)
