@@ -191,9 +191,10 @@ def read_pid(target: Target) -> int | None:
     The hot path: a cached lock file's ``fstat`` and two ``flock`` calls, the
     PID file's ``stat`` and one ``poll``.
     """
-    pid_file = target.files.pid
-    with _lock.locked(target.files.lock, target.name, shared=True, create=False):
-        pid = _pidfile.live(target)
+    files = target.files
+    pid_file = files.pid
+    with _lock.locked(files.lock, target.name, shared=True, create=False):
+        pid = _pidfile.live_pid(pid_file, files.record, target.config.user)
         if pid is None and _pidfile.refusal(pid_file) is None:
             _stop.remove_stale(pid_file)
     return pid

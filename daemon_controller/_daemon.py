@@ -294,8 +294,11 @@ class Daemon:
         For daemons that refuse to run as root (PostgreSQL): no ``runuser`` or
         ``sudo`` wrapper is needed, so with ``foreground()`` the PID file names
         the daemon itself, not a wrapper. The user's primary and supplementary
-        groups apply, and ``HOME``, ``USER`` and ``LOGNAME`` are set for it.
-        Ignored when we already run as that user.
+        groups apply, and the commands get the user's login environment, as
+        with ``runuser -l``: ``HOME``, ``USER``, ``LOGNAME`` and ``SHELL`` from
+        the password database, and of ours only ``PATH``, ``TERM``, ``TZ`` and
+        the locale (``env()`` still applies on top). A foreground daemon's log
+        is opened as that user. Ignored when we already run as that user.
         """
         if not isinstance(name, str) or not name.strip():
             msg = f"Daemon '{self.name}': user() takes a user name, not {name!r}"

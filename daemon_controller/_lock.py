@@ -59,14 +59,15 @@ def _open(path: Path, identifier: str, *, create: bool = True) -> int | None:
     except FileNotFoundError:
         return None
     except UnsafeFileError as err:
+        if err.owner is not None:
+            why = "refusing it: whoever can open it can hold it locked for ever"
+        elif "symbolic link" in err.problem:
+            why = "refusing to follow it"
+        else:
+            why = "refusing it"
         msg = (
-            f"Daemon '{identifier}': refusing lock file {err}"
-            + (
-                "; refusing to follow it"
-                if "symbolic link" in err.problem
-                else " (whoever can open it can hold it locked for ever)"
-            )
-            + ". Remove it, or choose another path with .lock(path)."
+            f"Daemon '{identifier}': lock file {err}; {why}. "
+            "Remove it, or choose another path with .lock(path)."
         )
         raise DaemonError(identifier, msg) from err
     except OSError as err:
@@ -162,8 +163,9 @@ class _ThreadState(threading.local):
     def __init__(self) -> None:
         # Lock files this thread keeps open (closed when the thread ends).
         self.files: dict[str, int] = _OpenFiles()
-        # path -> (shared?, id of the ``locked`` holding it): what this thread holds now.
-        self.held: dict[str, tuple[bool, int]] = {}
+        # path -> (shared?,): the locks this thread holds now; each entry a
+        # tuple of its own, which tells the ``locked`` holding it.
+        self.held: dict[str, tuple[bool]] = {}
 
 
 _state = _ThreadState()
@@ -249,7 +251,17 @@ class locked:  # noqa: N801 - used like a function: ``with locked(...)``
             exclusive lock while holding the shared one (which would deadlock).
     """
 
-    __slots__ = ("_fd", "_held", "_key", "_local", "create", "identifier", "path", "shared")
+    __slots__ = (
+        "_entry",
+        "_fd",
+        "_held",
+        "_key",
+        "_local",
+        "create",
+        "identifier",
+        "path",
+        "shared",
+    )
 
     def __init__(self, path: Path, identifier: str, *, shared: bool, create: bool = True) -> None:
         self.path = path
@@ -258,8 +270,9 @@ class locked:  # noqa: N801 - used like a function: ``with locked(...)``
         self.create = create
         self._fd: int | None = None
         self._key = ""
-        self._held: dict[str, tuple[bool, int]] = {}
+        self._held: dict[str, tuple[bool]] = {}
         self._local: _ThreadState | None = None
+        self._entry: tuple[bool] | None = None
 
     def __enter__(self) -> None:
         if not self.enter():  # pragma: no cover - a blocking enter waits until it holds it
@@ -295,30 +308,31 @@ class locked:  # noqa: N801 - used like a function: ``with locked(...)``
         # (unlocking a descriptor not locked yet is harmless).
         self._key, self._held, self._local = key, state.held, state
         self._fd = fd
-        state.held[key] = (self.shared, id(self))
+        # A tuple made here: its identity tells this object's entry from another's.
+        self._entry = entry = (self.shared,)
+        state.held[key] = entry
         if not _platform.lock_fd(fd, shared=self.shared, blocking=blocking):
             self._release()
             return False
         return True
 
-    def _release(self) -> None:
+    def _release(self, *exc_info: object) -> None:  # noqa: ARG002 - also __exit__
         # Whatever line an interrupt stops this at, calling it again (from
         # __del__) finishes the job, and never unlocks a lock taken since by
         # another object on the same descriptor: the thread's entry must still
-        # name this object.
+        # be this object's.
         fd = self._fd
         if fd is None:
             return
-        entry = self._held.get(self._key)
-        if entry is not None and entry[1] == id(self):
+        if self._held.get(self._key) is self._entry:
             if self._local is _state:  # not a forked child's copy of the parent's lock
                 _platform.unlock_fd(fd)
             del self._held[self._key]
         self._fd = None
 
-    def __exit__(self, *exc_info: object) -> None:
-        self._release()
+    __exit__ = _release
 
     def __del__(self) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            self._release()
+        if self._fd is not None:  # checked first: this runs after every is_running()
+            with contextlib.suppress(OSError, ValueError):
+                self._release()

@@ -32,6 +32,15 @@ def open_for_program(path: Path, user: str | None) -> int:
             links, or belongs to somebody other than the program's user.
         OSError: It cannot be opened.
     """
+    fd = _open_for_program(path, user)
+    set_blocking = getattr(os, "set_blocking", None)
+    if set_blocking is not None:  # opened O_NONBLOCK for the checks; the program inherits it
+        with contextlib.suppress(OSError):
+            set_blocking(fd, True)
+    return fd
+
+
+def _open_for_program(path: Path, user: str | None) -> int:
     ids = _platform.user_ids(user)
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
     if ids is None:

@@ -113,10 +113,11 @@ def _remember(key: str, verdict: _Verdict) -> None:
 
 def live(target: Target) -> int | None:
     """:func:`live_pid` of a daemon's PID file, with its start record and user."""
-    return live_pid(target.files.pid, record=target.files.record, user=target.config.user)
+    files = target.files
+    return live_pid(files.pid, files.record, target.config.user)
 
 
-def live_pid(path: Path, *, record: Path | None = None, user: str | None = None) -> int | None:
+def live_pid(path: Path, record: Path | None = None, user: str | None = None) -> int | None:
     """The PID in the file if that process is alive, could have written it, and is trusted.
 
     A process created after the file was last written cannot be the one that
@@ -278,6 +279,19 @@ def _mode_writers(info: os.stat_result) -> set[int]:
     except (ImportError, KeyError):
         return {_ANYONE}  # a group we cannot list: anybody might be in it
     return uids
+
+
+def distrust(path: Path, pid: int, user: str | None) -> str | None:
+    """Why ``pid``, read from the PID file, is not trusted as the daemon (see the module).
+
+    For a start watching the PID file appear: what it names becomes the
+    daemon whose identity the start record keeps.
+    """
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return _distrust(str(path), info, pid, user)
 
 
 def _distrust(key: str, info: os.stat_result, pid: int, user: str | None) -> str | None:

@@ -7,7 +7,9 @@
 * ``pid`` and ``stamp`` — the process the start spawned (a program run in the
   foreground), then the daemon once it answered, with its start time in a
   form that no step of the wall clock changes (``_platform.start_stamp``);
-* ``boot`` — the boot it was made in; ``ready`` — whether the start finished.
+* ``boot`` — the boot it was made in; ``ready`` — whether the start finished;
+* ``path`` — where it was written: a record moved here from another daemon's
+  files (by a user who can rename files in a shared directory) is not ours.
 
 It is written (0600, atomically, under the exclusive lock) *before* the start
 command is spawned, so a controller killed at any moment after that leaves it
@@ -83,6 +85,8 @@ def read(path: Path) -> Record | None:
         return None
     try:
         raw = json.loads(data)
+        if raw["path"] != str(path):
+            return None
         record = Record(
             str(raw["marker"]),
             None if raw.get("pid") is None else int(raw["pid"]),
@@ -98,7 +102,7 @@ def read(path: Path) -> Record | None:
 def write(path: Path, record: Record) -> None:
     """Replace the record at ``path`` (0600, atomically); a failure to write is not fatal."""
     with contextlib.suppress(OSError):
-        atomic_write(path, json.dumps(asdict(record)).encode())
+        atomic_write(path, json.dumps({**asdict(record), "path": str(path)}).encode())
 
 
 def clear(path: Path) -> None:

@@ -69,6 +69,7 @@ class Start:
         self.command = command
         self.clock = clock
         self.pid_file = target.files.pid
+        self.record = target.files.record  # see _record
         self.probe = target.probe
         self.log = LogWatch(target.log_file, self.cfg.user)
         self.foreground = self.cfg.foreground
@@ -184,6 +185,11 @@ class Start:
         written = _pidfile.read_pid(self.pid_file)
         if written is not None:
             if self.exits.alive(written):
+                refused = written != self.pid and _pidfile.distrust(
+                    self.pid_file, written, self.cfg.user
+                )
+                if refused:
+                    raise _Failed(f"Daemon '{self.name}' failed to start: {refused}.", pid=written)
                 self.pid = written
                 return written
             if self.pid is None or written == self.pid:
@@ -293,7 +299,7 @@ class Start:
             self.tracker = _tracking.Descendants(self.marker)
             self.descendants = _tracking.AllExitedWatch(self.tracker, self.exits, self.clock)
             # Before the spawn: a controller killed from here on leaves the marker behind.
-            _record.write(self.target.files.record, _record.Record(self.marker))
+            _record.write(self.record, _record.Record(self.marker))
             self.proc = self._spawn()
             self.tracker.adopt(self.proc.pid)
             self.last_activity = self.clock.now()
@@ -309,9 +315,7 @@ class Start:
                 self._timed_out()
             self._write_own_pid_file()
             if self.pid is not None:  # who it is, by a start time no clock step changes
-                _record.write(
-                    self.target.files.record, _record.of(self.marker, self.pid, ready=True)
-                )
+                _record.write(self.record, _record.of(self.marker, self.pid, ready=True))
         except _Failed as failure:
             self._abort()
             raise self._error(failure) from None
@@ -376,10 +380,13 @@ class Start:
         SIGTERM, ``start_abort_timeout`` seconds, then SIGKILL; found through the
         PID file and the environment marker (see ``_tracking``), so a daemon that
         double-forked into its own session is found too. Ctrl-C cannot cut it
-        short (it is raised when the abort is done), but makes SIGKILL follow
-        SIGTERM at once.
+        short (it is raised after), but makes SIGKILL follow SIGTERM at once.
         """
-        _interrupts.complete(self._abort_steps)
+        try:
+            _interrupts.complete(self._abort_steps)
+        except BaseException:
+            self._close_output()  # no StartError will read it: a deferred Ctrl-C
+            raise
 
     def _abort_steps(self, interrupts: _interrupts.Deferred) -> None:
         written = _pidfile.read_pid(self.pid_file)
@@ -403,7 +410,7 @@ class Start:
                 self.proc.wait(timeout=_process.KILL_GRACE)
         if written is not None and not _process.is_alive(written):
             _pidfile.remove_if_names(self.pid_file, written)
-        _record.clear(self.target.files.record)
+        _record.clear(self.record)
         _process.reap_all()
 
     def _error(self, failure: _Failed) -> StartError:

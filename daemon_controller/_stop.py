@@ -120,7 +120,8 @@ def stop_locked(target: Target, clock: Clock) -> None:
         remove_stale(pid_file)
     # A program we run in the foreground leads a session of its own; when it is
     # a shell running a pipeline, its group is the daemon, not the PID. Only the
-    # session we made for it is signalled as a whole.
+    # session we made for it is signalled as a whole (without a record, made
+    # by an earlier version, a session of its own has to do).
     group = (
         cfg.foreground
         and pid is not None
@@ -130,6 +131,9 @@ def stop_locked(target: Target, clock: Clock) -> None:
     # Listed before the stop, while they can still be told from the main process.
     tree = [] if record is None else _tracking.marked(record.marker)
     if request(target, pid, deadline, group=group):
+        # Forgotten now, while the daemon shuts down, not after: the record
+        # read above is all the rest of the stop needs.
+        _record.clear(target.files.record)
         if pid is not None:
             gone = _process.wait_gone(pid, deadline, max_interval=cfg.ping_interval)
             if gone and group:
@@ -153,7 +157,8 @@ def stop_locked(target: Target, clock: Clock) -> None:
     killed = _stop_tree(target, record, tree, pid, deadline)
     if pid is not None:
         _pidfile.remove_if_names(pid_file, pid)
-    _record.clear(target.files.record)
+    elif record is not None:
+        _record.clear(target.files.record)
     if killed:
         msg = (
             f"Daemon '{target.name}' exited, but processes it started did not exit within "

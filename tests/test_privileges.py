@@ -177,6 +177,39 @@ def test_pid_file_rewritten_by_the_daemons_user_cannot_name_a_root_process(user,
 
 
 @needs_root
+def test_pid_file_written_during_the_start_cannot_name_a_root_process(user, shared, test_id):
+    # The daemon's user writes the PID file as the daemon goes into the
+    # background: what it names must not become "the daemon" the start records.
+    theirs = owned_dir(shared, "theirs", user.pw_uid, user.pw_gid)
+    flag = theirs / "up"
+    victim = stubborn()
+    try:
+        wait_ready(victim)
+        daemon = (
+            Daemon("lying")
+            .start_with(
+                f"echo {victim.pid} > {theirs / 'd.pid'}; touch {flag}; "
+                "sleep 60 >/dev/null 2>&1 & exit 0"
+            )
+            .user(user.pw_name)
+            .ping(flag.exists)
+            .pid(theirs / "d.pid")
+            .log(theirs / "d.log")
+            .stop_timeout(1)
+            .start_abort_timeout(1)
+            .env({MARKER: test_id})
+        )
+        with pytest.raises(StartError, match="not trusted"):
+            daemon.start()
+        with pytest.raises(StopError, match="not trusted"):
+            daemon.stop()
+        assert victim.poll() is None  # never signalled
+        assert marked(test_id) == []  # what the start did spawn was stopped
+    finally:
+        finish(victim)
+
+
+@needs_root
 def test_pid_file_planted_in_a_shared_directory_cannot_name_a_root_process(
     user, shared, test_id, port
 ):

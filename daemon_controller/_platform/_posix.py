@@ -132,8 +132,8 @@ def detach_kwargs(user: str | None = None) -> dict[str, Any]:
 
     Args:
         user: Run the child as this user (with its primary group and its
-            supplementary groups, and ``HOME``/``USER``/``LOGNAME`` of that
-            user) when we are root; ignored when we already are that user.
+            supplementary groups; its environment is :func:`user_environment`'s)
+            when we are root; ignored when we already are that user.
 
     Raises:
         LookupError: No such user.
