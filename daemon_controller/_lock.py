@@ -17,6 +17,10 @@ for their locks to exclude each other; a cached file that has been deleted
 (its link count is 0) is reopened, so a lock file removed and recreated by
 someone is followed; and the cache is dropped in a forked child, which must
 not share its parent's open files.
+
+Work that can be cancelled (see ``_cancel``) does not block in ``flock()``
+itself when the lock is busy: a helper thread waits for it, so the work can
+give up at once, and the helper lets go of the lock if it is granted after that.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import os
 import threading
 from typing import TYPE_CHECKING
 
-from . import _platform
+from . import _cancel, _platform
 from ._errors import DaemonError
 
 if TYPE_CHECKING:
@@ -70,6 +74,82 @@ def _missing_dir(path: Path, identifier: str) -> DaemonError:
     return DaemonError(identifier, msg)
 
 
+class _Claim:
+    """A blocking lock request handed to a helper thread, so that its waiter can give up.
+
+    ``flock()`` cannot be interrupted from another thread. A cancellable
+    waiter therefore lets a helper thread block in it, on a descriptor of its
+    own, and waits for that thread or for the cancellation. If the waiter gives
+    up first, the descriptor is the helper's: once the lock is granted, the
+    helper releases it and closes the descriptor. Whoever decides second
+    cleans up, under one mutex, so the lock never stays held by nobody.
+    """
+
+    __slots__ = ("abandoned", "error", "fd", "granted", "guard", "shared", "token")
+
+    def __init__(self, fd: int, *, shared: bool, token: _cancel.Token) -> None:
+        self.fd = fd
+        self.shared = shared
+        self.token = token
+        self.guard = threading.Lock()
+        self.granted = False
+        self.abandoned = False
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        """In the helper thread: wait for the lock, then hand it over or let it go."""
+        try:
+            _platform.lock_fd(self.fd, shared=self.shared)
+        except BaseException as err:  # noqa: BLE001 - handed to the waiter, who raises it
+            error: BaseException | None = err
+        else:
+            error = None
+        with self.guard:
+            self.error = error
+            self.granted = True
+            abandoned = self.abandoned
+        if abandoned:
+            _let_go(self.fd, locked=error is None)
+        self.token.notify()
+
+    def wait(self) -> None:
+        """In the waiter: return holding the lock, or raise ``Cancelled`` (or the lock's error)."""
+        self.token.wait_for(lambda: self.granted)
+        with self.guard:
+            if not self.granted:
+                self.abandoned = True  # the helper lets go of it once granted
+                raise _cancel.Cancelled
+        if self.error is not None:
+            os.close(self.fd)
+            raise self.error
+
+
+def _let_go(fd: int, *, locked: bool) -> None:
+    try:
+        if locked:
+            _platform.unlock_fd(fd)
+    finally:
+        os.close(fd)
+
+
+def _lock_cancellable(fd: int, *, shared: bool, token: _cancel.Token) -> None:
+    """Lock ``fd`` (waiting), or raise ``Cancelled`` as soon as ``token`` is cancelled.
+
+    On ``Cancelled`` (or another error) ``fd`` has been, or will be, closed
+    by someone else: the caller must not touch it again.
+    """
+    try:
+        token.check()
+        if _platform.lock_fd(fd, shared=shared, blocking=False):
+            return
+    except BaseException:
+        os.close(fd)
+        raise
+    claim = _Claim(fd, shared=shared, token=token)
+    threading.Thread(target=claim.run, name="daemon_controller lock wait", daemon=True).start()
+    claim.wait()
+
+
 class Held:
     """An open lock file with a lock on it; ``release()`` drops both."""
 
@@ -105,6 +185,10 @@ def acquire(path: Path, identifier: str, *, shared: bool, blocking: bool = True)
     fd = _open(path, identifier)
     if fd is None:
         raise _missing_dir(path, identifier)
+    token = _cancel.current()
+    if blocking and token is not None:
+        _lock_cancellable(fd, shared=shared, token=token)  # closes fd if it raises
+        return Held(fd)
     try:
         if not _platform.lock_fd(fd, shared=shared, blocking=blocking):
             os.close(fd)
@@ -176,6 +260,9 @@ class locked:  # noqa: N801 - used like a function: ``with locked(...)``
     function, ``before_start``) may call ``is_running()`` or ``read_pid()``
     without deadlocking on its own lock.
 
+    In work that can be cancelled (``_cancel.current()`` is a token), a wait
+    for the lock ends with ``Cancelled`` as soon as the token is cancelled.
+
     Args:
         path: The lock file; created if missing, never truncated.
         identifier: The daemon's name, for error messages.
@@ -190,7 +277,7 @@ class locked:  # noqa: N801 - used like a function: ``with locked(...)``
             exclusive lock while holding the shared one (which would deadlock).
     """
 
-    __slots__ = ("_fd", "_key", "identifier", "missing_dir_ok", "path", "shared")
+    __slots__ = ("_fd", "_key", "_own_fd", "identifier", "missing_dir_ok", "path", "shared")
 
     def __init__(
         self, path: Path, identifier: str, *, shared: bool, missing_dir_ok: bool = False
@@ -200,6 +287,7 @@ class locked:  # noqa: N801 - used like a function: ``with locked(...)``
         self.shared = shared
         self.missing_dir_ok = missing_dir_ok
         self._fd: int | None = None
+        self._own_fd = False  # a descriptor of its own, not the thread's cached one
         self._key = ""
 
     def __enter__(self) -> None:
@@ -231,8 +319,18 @@ class locked:  # noqa: N801 - used like a function: ``with locked(...)``
                 if self.missing_dir_ok:
                     return True
                 raise _missing_dir(self.path, self.identifier)
-        if not _platform.lock_fd(fd, shared=self.shared, blocking=blocking):
-            return False
+        token = _cancel.current() if blocking else None
+        if token is None:
+            if not _platform.lock_fd(fd, shared=self.shared, blocking=blocking):
+                return False
+        elif not _platform.lock_fd(fd, shared=self.shared, blocking=False):
+            # Somebody holds it: wait in a way that a cancellation can cut short,
+            # on a descriptor of our own (the cached one is never handed away).
+            fd = _open(self.path, self.identifier)
+            if fd is None:
+                raise _missing_dir(self.path, self.identifier)
+            _lock_cancellable(fd, shared=self.shared, token=token)
+            self._own_fd = True
         state.held[key] = self.shared
         self._fd, self._key = fd, key
         return True
@@ -242,4 +340,8 @@ class locked:  # noqa: N801 - used like a function: ``with locked(...)``
         if fd is not None:
             self._fd = None
             del _state.held[self._key]
-            _platform.unlock_fd(fd)
+            if self._own_fd:
+                self._own_fd = False
+                _let_go(fd, locked=True)
+            else:
+                _platform.unlock_fd(fd)

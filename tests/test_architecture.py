@@ -23,6 +23,7 @@ LAYERS = [
     "_files",
     "_waiting",
     "_platform",
+    "_cancel",
     # options, probes, processes, files
     "_options",
     "_probes",
