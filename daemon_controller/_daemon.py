@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from . import _actions, _options, _platform
+from ._async_actions import AsyncActions
 from ._errors import DaemonError
 from ._files import default_stem
 from ._options import DaemonConfig, PathArg, absolute
@@ -43,8 +44,11 @@ def _runtime_dir() -> Path:
 
 
 @dataclass(frozen=True, slots=True, repr=False)
-class Daemon:
+class Daemon(AsyncActions):
     """A daemon: how to start, ping, find and stop it. Immutable; build it fluently.
+
+    Every action has an awaitable twin for asyncio (``astart()``, ``astop()``,
+    ``arestart()``, ``aconnect()``, ``ais_running()``, ``aread_pid()``).
 
     Args:
         name: A human-readable, unique name, e.g. ``"Sphinx search server"``;

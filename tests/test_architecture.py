@@ -24,6 +24,7 @@ LAYERS = [
     "_waiting",
     "_platform",
     "_cancel",
+    "_aio",
     # options, probes, processes, files
     "_options",
     "_probes",
@@ -40,6 +41,7 @@ LAYERS = [
     "_stop",
     # the actions and what is built on them
     "_actions",
+    "_async_actions",
     "_scoped",
     "_daemon",
     "_ruby",
