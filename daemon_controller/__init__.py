@@ -25,6 +25,7 @@ from ._errors import (
     ConnectError,
     DaemonError,
     StartError,
+    StartFailures,
     StartTimeout,
     StopError,
     StopTimeout,
@@ -33,11 +34,13 @@ from ._options import DaemonConfig
 from ._probes import CallablePing, CommandPing, HttpPing, Probe, TcpPing, UnixPing
 from ._ruby import DaemonController
 from ._scoped import Running
+from ._together import AllRunning, all_running
 from ._toml import load
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AllRunning",
     "AlreadyStarted",
     "CallablePing",
     "CommandPing",
@@ -51,12 +54,14 @@ __all__ = [
     "Probe",
     "Running",
     "StartError",
+    "StartFailures",
     "StartTimeout",
     "StopError",
     "StopTimeout",
     "TcpPing",
     "UnixPing",
     "__version__",
+    "all_running",
     "load",
     "requires",
 ]

@@ -25,6 +25,7 @@ LAYERS = [
     "_platform",
     "_cancel",
     "_aio",
+    "_concurrently",
     # options, probes, processes, files
     "_options",
     "_probes",
@@ -45,6 +46,7 @@ LAYERS = [
     "_scoped",
     "_daemon",
     "_ruby",
+    "_together",
     "_decorators",
     "_toml",
     # the faces

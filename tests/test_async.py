@@ -12,7 +12,7 @@
   else's start only stops waiting when cancelled, and those waiting for a
   cancelled start are told it was cancelled;
 * a stop, and leaving an ``async with``, run to their end when cancelled;
-* cancellation at random moments, many times, leaves nothing behind.
+* cancellation at random moments, 200 times, leaves nothing behind.
 
 Locks and leases are checked from a separate process (``LockProbe``), which
 tries to take them exclusively without waiting.
@@ -40,6 +40,7 @@ from daemon_controller import (
     StartError,
     _pidfile,
     _platform,
+    all_running,
     requires,
 )
 
@@ -489,14 +490,14 @@ def test_a_task_cancelled_while_leaving_async_with_still_leaves(echo, lock_probe
 # -- at random moments ---------------------------------------------------------------------------
 
 
-VARIANTS = ["astart", "async with running()", "wait_for(astart())"]
+VARIANTS = ["astart", "async with running()", "async with all_running()", "wait_for(astart())"]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_cancellation_at_random_moments_leaves_nothing_behind(
     tmp_path, test_id, lock_probe, variant
 ):
-    # 50 iterations per variant: a random delay before cancelling
+    # 50 iterations per variant, 200 in all: a random delay before cancelling
     # hits every phase, from waiting for the lock to just after readiness.
     seed = random.randrange(2**32)
     rng = random.Random(seed)
@@ -510,8 +511,12 @@ def test_cancellation_at_random_moments_leaves_nothing_behind(
             await a.astart()
         elif variant == "wait_for(astart())":
             await asyncio.wait_for(a.astart(), delay)
-        else:
+        elif variant == "async with running()":
             async with a.running():
+                seen["entered"] += 1
+                await asyncio.sleep(60)
+        else:
+            async with all_running(a, b):
                 seen["entered"] += 1
                 await asyncio.sleep(60)
 

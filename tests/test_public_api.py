@@ -9,6 +9,7 @@ from importlib.resources import files
 import daemon_controller
 
 EXPECTED = {
+    "AllRunning",
     "AlreadyStarted",
     "CallablePing",
     "CommandPing",
@@ -22,12 +23,14 @@ EXPECTED = {
     "Probe",
     "Running",
     "StartError",
+    "StartFailures",
     "StartTimeout",
     "StopError",
     "StopTimeout",
     "TcpPing",
     "UnixPing",
     "__version__",
+    "all_running",
     "load",
     "requires",
 }
