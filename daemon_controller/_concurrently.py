@@ -43,7 +43,8 @@ def each(
         fail_fast: When an action raises, cancel the others (they end with
             ``Cancelled``; a start is aborted, a lock wait given up).
         report: Called in this thread with each item's index and result as
-            it comes in.
+            it comes in; if it raises, the actions are cancelled and its
+            exception is returned as the interrupt.
 
     Returns:
         Per item, what its action returned or raised; and the exception that
@@ -58,9 +59,7 @@ def each(
             value = err
         except Exception as err:  # noqa: BLE001 - a result, as in a thread
             value = err
-        if report is not None:
-            report(0, value)
-        return [value], None
+        return [value], _tell(report, 0, value, [])
     tokens = [_cancel.Token(_cancel.current()) for _ in items]
     outcomes = _spawn(items, action, tokens)
     results: list[Any] = [None] * len(items)
@@ -72,9 +71,23 @@ def each(
         if fail_fast and isinstance(value, BaseException):
             for token in tokens:
                 token.cancel()
-        if report is not None:
-            report(index, value)
+        interrupt = interrupt or _tell(report, index, value, tokens)
     return results, interrupt
+
+
+def _tell(
+    report: Callable[[int, R], object] | None, index: int, value: R, tokens: list[_cancel.Token]
+) -> BaseException | None:
+    """Report one result; what the report raised cancels the actions and is returned."""
+    if report is None:
+        return None
+    try:
+        report(index, value)
+    except BaseException as err:  # noqa: BLE001 - like Ctrl-C: cancel, wait, re-raise
+        for token in tokens:
+            token.cancel()
+        return err
+    return None
 
 
 def _spawn(

@@ -63,6 +63,10 @@ def _raise_failures(failures: dict[str, BaseException], total: int) -> None:
     raise error
 
 
+def _described(problems: list[tuple[str, BaseException]]) -> list[str]:
+    return [f"while leaving daemon '{name}': {type(e).__name__}: {e}" for name, e in problems]
+
+
 def _note(error: BaseException | None, problems: list[str]) -> None:
     if error is not None:
         for problem in problems:
@@ -104,11 +108,11 @@ class AllRunning:
         ]
         if len(entered) == len(blocks):
             if interrupt is not None:  # everything entered just before Ctrl-C arrived
-                _note(interrupt, self._leave_blocks(entered, None))
+                _note(interrupt, _described(self._leave_blocks(entered)))
                 raise interrupt
             return entered
         failures = _failures_of([b.daemon.name for b in blocks], results)
-        problems = self._leave_blocks(entered, None)
+        problems = _described(self._leave_blocks(entered))
         cut = [b.daemon.name for b, r in zip(blocks, results, strict=True) if _cut_short(r)]
         if failures and cut:
             names = ", ".join(f"'{name}'" for name in cut)
@@ -122,22 +126,26 @@ class AllRunning:
         _note(error, problems)
         raise error
 
+    @staticmethod
     def _leave_blocks(
-        self, blocks: list[Running], exc_info: tuple[Any, Any, Any] | None
-    ) -> list[str]:
-        """Leave every block at once, whatever happens; the problems, as text."""
+        blocks: list[Running], exc_info: tuple[Any, Any, Any] = (None, None, None)
+    ) -> list[tuple[str, BaseException]]:
+        """Leave every block at once, to the end; what leaving raised, per daemon.
+
+        Ctrl-C meanwhile is raised once every block has been left.
+        """
         with _cancel.shielded():
-            results, _ = each(
-                blocks, lambda b: b.__exit__(*(exc_info or (None, None, None))), fail_fast=False
-            )
+            results, interrupt = each(blocks, lambda b: b.__exit__(*exc_info), fail_fast=False)
+        if interrupt is not None:
+            raise interrupt
         return [
-            f"while leaving daemon '{b.daemon.name}': {type(r).__name__}: {r}"
+            (b.daemon.name, r)
             for b, r in zip(blocks, results, strict=True)
             if isinstance(r, BaseException)
         ]
 
     def _leave_quietly(self, blocks: list[Running]) -> None:
-        for problem in self._leave_blocks(blocks, None):
+        for problem in _described(self._leave_blocks(blocks)):
             self.daemons[0].config.logger.warning("after a cancelled start: %s", problem)
 
     def _push(self, entered: list[Running]) -> tuple[Daemon, ...]:
@@ -150,8 +158,7 @@ class AllRunning:
             return self._entered.pop()
 
     def _exit(self, entered: list[Running], exc: BaseException | None, exc_info: Any) -> None:  # noqa: ANN401 - the __exit__ triple
-        results, _ = each(entered, lambda b: b.__exit__(*exc_info), fail_fast=False)
-        errors = [r for r in results if isinstance(r, BaseException)]
+        errors = [error for _, error in self._leave_blocks(entered, exc_info)]
         if not errors or exc is not None:
             return  # the block's own exception goes on, with notes added by Running
         first, *rest = errors
@@ -170,8 +177,7 @@ class AllRunning:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        with _cancel.shielded():
-            self._exit(self._pop(), exc, (exc_type, exc, tb))
+        self._exit(self._pop(), exc, (exc_type, exc, tb))
 
     # -- async ----------------------------------------------------------------------
 
@@ -309,23 +315,26 @@ def start_all(
     results, interrupt = each(daemons, start, fail_fast=rollback, report=tell)
     outcomes = [outcome(i, r) for i, r in enumerate(results)]
     failures = _failures_of([d.name for d in daemons], results)
-    if interrupt is None and not (rollback and failures):
+    cut = any(_cut_short(r) for r in results)  # a failure's doing, or the caller was cancelled
+    if interrupt is None and not (rollback and (failures or cut)):
         return outcomes
     problems: list[str] = []
     if rollback:
         started = [o.daemon for o in outcomes if o.started]
         with _cancel.shielded():
-            stopped, _ = each(started, lambda d: d.stop(), fail_fast=False)
+            stopped, late = each(started, lambda d: d.stop(), fail_fast=False)
+        interrupt = interrupt or late  # Ctrl-C during the rollback: raised once it is done
         problems = [
             f"while stopping daemon '{d.name}': {type(r).__name__}: {r}"
             for d, r in zip(started, stopped, strict=True)
             if isinstance(r, BaseException)
         ]
     error: BaseException | None = interrupt
-    if error is None:
+    if error is None and failures:
         try:
             _raise_failures(failures, len(daemons))
         except BaseException as err:  # noqa: BLE001 - re-raised below, with notes
             error = err
+    error = error or _cancel.Cancelled()
     _note(error, problems)
-    raise error or _cancel.Cancelled
+    raise error

@@ -310,6 +310,26 @@ def test_start_all_with_rollback_stops_only_what_it_started(several):
         running.stop()
 
 
+def test_start_all_whose_report_fails_rolls_back_and_raises(several):
+    # A live display that breaks (a closed terminal) must not leave starts
+    # running unwatched: they are aborted, what started is stopped, and the
+    # display's error comes out.
+    fast = several("fast")
+    slow = several("slow", "--wait-before-listen", "30")
+
+    def report(outcome: Outcome) -> None:
+        msg = f"display broke while showing {outcome.daemon.name}"
+        raise BrokenPipeError(msg)
+
+    began = time.monotonic()
+    with pytest.raises(BrokenPipeError, match="display broke while showing fast"):
+        start_all([fast, slow], report=report)
+    assert time.monotonic() - began < 15  # slow's start was aborted, not waited for
+    assert not fast.is_running()
+    assert not slow.is_running()
+    assert not several.echo.marked()
+
+
 # -- arguments -------------------------------------------------------------------------------
 
 
