@@ -85,14 +85,14 @@ class _Claim:
     cleans up, under one mutex, so the lock never stays held by nobody.
     """
 
-    __slots__ = ("abandoned", "error", "fd", "granted", "guard", "shared", "token")
+    __slots__ = ("abandoned", "answered", "error", "fd", "guard", "shared", "token")
 
     def __init__(self, fd: int, *, shared: bool, token: _cancel.Token) -> None:
         self.fd = fd
         self.shared = shared
         self.token = token
         self.guard = threading.Lock()
-        self.granted = False
+        self.answered = False  # the lock was granted, or failed
         self.abandoned = False
         self.error: BaseException | None = None
 
@@ -106,7 +106,7 @@ class _Claim:
             error = None
         with self.guard:
             self.error = error
-            self.granted = True
+            self.answered = True
             abandoned = self.abandoned
         if abandoned:
             _let_go(self.fd, locked=error is None)
@@ -114,9 +114,9 @@ class _Claim:
 
     def wait(self) -> None:
         """In the waiter: return holding the lock, or raise ``Cancelled`` (or the lock's error)."""
-        self.token.wait_for(lambda: self.granted)
+        self.token.wait_for(lambda: self.answered)
         with self.guard:
-            if not self.granted:
+            if not self.answered:
                 self.abandoned = True  # the helper lets go of it once granted
                 raise _cancel.Cancelled
         if self.error is not None:

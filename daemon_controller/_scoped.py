@@ -150,7 +150,9 @@ class Running:
         block leaving meanwhile does not stop the daemon it started. If this
         one now gives up (cancelled, interrupted) instead of entering, it
         settles as that block would have, whatever its own ``stop`` says: it
-        never was inside. Runs to its end even in cancelled work.
+        never was inside. Runs to its end even in cancelled work, so a
+        cancelled waiter in this rare spot (the owner left while somebody
+        else held the daemon's lock) waits for that lock to stop the daemon.
         """
         if self.defer or _ownership.read_owner(self.target.files) is None:
             return  # no block started a daemon: nothing can be waiting to be stopped

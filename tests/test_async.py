@@ -437,6 +437,54 @@ def test_cancelled_while_waiting_for_the_lock(echo, lock_probe):
     assert daemonized_count(echo.log_file) == 0
 
 
+def test_a_waiter_giving_up_after_the_owner_left_stops_the_owners_daemon(echo):
+    # Block A started the daemon; block B is counted in while it waits for the
+    # lock (held by another process), so A leaving does not stop the daemon.
+    # When B gives up instead of entering, it settles in A's place.
+    daemon = echo()
+    lock, _ = lock_files(daemon)
+    owner_inside, owner_leave = threading.Event(), threading.Event()
+
+    def owner():
+        with daemon.running():
+            owner_inside.set()
+            owner_leave.wait(30)
+
+    first = threading.Thread(target=owner)
+    first.start()
+    assert owner_inside.wait(30)
+    pid = daemon.read_pid()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(lock)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+
+        async def main():
+            waiter = asyncio.create_task(daemon.running().__aenter__())
+            await asyncio.sleep(0.3)  # counted in, waiting for the lock
+            owner_leave.set()
+            await asyncio.to_thread(first.join, 30)
+            assert not gone(pid)  # the waiter is inside as far as A can tell
+            waiter.cancel()
+            await asyncio.sleep(0.3)
+            holder.stdin.close()  # the settling stop needs the lock too
+            with pytest.raises(asyncio.CancelledError):
+                await waiter
+
+        asyncio.run(main())
+    finally:
+        if not holder.stdin.closed:
+            holder.stdin.close()
+        holder.wait(10)
+        holder.stdout.close()
+    assert gone(pid)
+    assert not daemon.is_running()
+
+
 # -- what finishes anyway ----------------------------------------------------------------------
 
 
