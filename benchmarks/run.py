@@ -6,6 +6,10 @@ which it starts listening and at which it exits, so a delay is "when our call
 returned" minus "when the daemon did the thing". Prints a table of medians,
 90th percentiles, sample counts and the targets of issue #5.
 
+The last rows are about asyncio and several daemons at once: how soon a
+cancelled start raises CancelledError, how long the event loop is held up
+while four daemons start, and the wall time of starting four daemons together.
+
 The exit delay is counted from the daemon's last instruction. Beneath it, on
 Linux, it is split in two at the moment stop() is woken by the daemon's pidfd:
 the kernel's share (tearing the exited process down before it reports the exit:
@@ -23,6 +27,7 @@ after the wake-up).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import multiprocessing
@@ -40,7 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
@@ -48,7 +53,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from echo_server import echo_command, free_port  # noqa: E402
 
-from daemon_controller import Daemon, StartError, _platform  # noqa: E402
+from daemon_controller import Daemon, StartError, _pidfile, _platform, all_running  # noqa: E402
 
 MS = 1000.0
 
@@ -318,6 +323,121 @@ def bench_import(runs: int, figure: Figure) -> None:
         figure.samples.append((time.perf_counter() - t0) * MS)
 
 
+# -- asyncio and several daemons at once ----------------------------------------------------
+
+
+def bench_cancel(root: Path, runs: int, figure: Figure) -> None:
+    """task.cancel() on a task in astart(), to CancelledError raised.
+
+    The daemon is up and waiting (its PID file written) and exits on SIGTERM
+    at once; the figure is the abort (SIGTERM, waiting for the exit, the
+    scan for anything else the start created) plus the hand-over to the loop.
+    """
+
+    async def once(daemon: Daemon, pid_file: Path) -> float:
+        task = asyncio.create_task(daemon.astart())
+        while _pidfile.read_pid(pid_file) is None:  # noqa: ASYNC110 - a file, no event to await
+            await asyncio.sleep(0.002)
+        await asyncio.sleep(0.05)  # well into its wait: in a pause, as a start mostly is
+        began = time.monotonic()
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            return time.monotonic() - began
+        msg = "the start was expected to be cancelled"
+        raise RuntimeError(msg)
+
+    for n in range(runs):
+        s = Scratch(root, n)
+        daemon = s.daemon("--wait-before-listen", "30")
+        figure.samples.append(asyncio.run(once(daemon, s.pid)) * MS)
+        if daemon.is_running():
+            msg = "a cancelled start left the daemon running"
+            raise RuntimeError(msg)
+
+
+async def worst_lag(start: Callable[[], Awaitable[object]]) -> float:
+    """The longest the event loop was held up while ``start()`` was awaited, in seconds.
+
+    A ticker sleeps 1 ms at a time and notes how much later than asked it
+    wakes up (the loop's own wake-up cost included: about 0.1 ms when idle).
+    """
+    worst = 0.0
+    done = False
+
+    async def ticker() -> None:
+        nonlocal worst
+        while not done:
+            asked = time.monotonic()
+            await asyncio.sleep(0.001)
+            worst = max(worst, time.monotonic() - asked - 0.001)
+
+    tick = asyncio.create_task(ticker())
+    await asyncio.sleep(0.01)
+    worst = 0.0
+    await start()
+    done = True
+    await tick
+    return worst
+
+
+async def enter_all(daemons: list[Daemon]) -> None:
+    async with all_running(*daemons):
+        pass
+
+
+async def start_without_us(scratches: list[Scratch]) -> None:
+    """Run the start commands from a thread; look for the records every 10 ms."""
+    for s in scratches:
+        command = s.daemon("--wait-before-listen", "0.3").config.start_command
+        await asyncio.to_thread(subprocess.run, command, check=True)
+    while not all(records(s.record) for s in scratches):  # noqa: ASYNC110 - files, no event
+        await asyncio.sleep(0.01)
+
+
+def bench_loop_lag(root: Path, runs: int, figs: dict[str, Figure]) -> None:
+    """The event loop's longest delay while ``async with all_running()`` starts 4 daemons.
+
+    Measured in the same runs while the same 4 daemons start without the
+    library: four Python interpreters starting at once on a small machine
+    hold up every process on it, ours included; that row shows how much.
+    """
+    for n in range(runs):
+        ours = [Scratch(root, 1000 * n + i) for i in range(4)]
+        daemons = [s.daemon("--wait-before-listen", "0.3") for s in ours]
+        # (The lambdas are called at once, inside asyncio.run: B023 does not apply.)
+        lag = asyncio.run(worst_lag(lambda: enter_all(daemons)))  # noqa: B023
+        figs["lag"].samples.append(lag * MS)
+        bare = [Scratch(root, 1000 * n + 100 + i) for i in range(4)]
+        lag = asyncio.run(worst_lag(lambda: start_without_us(bare)))  # noqa: B023
+        figs["lag_bare"].samples.append(lag * MS)
+        for s in bare:
+            s.daemon().stop()
+
+
+def bench_together(root: Path, runs: int, figs: dict[str, Figure]) -> None:
+    """4 independent daemons, each listening 0.3 s after the call, started together.
+
+    ``--listen-at`` makes each daemon listen at that moment however long its
+    interpreter took to start (on a busy 2-core machine, four Python
+    interpreters starting at once can take longer than that). The wall time
+    is split at the moment the last daemon started listening.
+    """
+    for n in range(runs):
+        scratches = [Scratch(root, 100 * n + i) for i in range(4)]
+        began = time.monotonic()
+        at = f"{began + 0.3:.6f}"
+        daemons = [s.daemon("--listen-at", at) for s in scratches]
+        with all_running(*daemons):
+            returned = time.monotonic()
+            # Read while they run: a daemon stopped at once may not have written it yet.
+            last = max(event_time(s.record, "listening") for s in scratches)
+        figs["together"].samples.append(returned - began)
+        figs["together_daemons"].samples.append(last - began)
+        figs["together_ours"].samples.append((returned - last) * MS)
+
+
 # -- mirakuru ---------------------------------------------------------------------------
 
 
@@ -391,6 +511,8 @@ def fmt(value: float | None, unit: str) -> str:
         return "-"
     if unit == "calls/s":
         return f"{value:,.0f}"
+    if unit == "s":
+        return f"{value:.3f}"
     if unit in ("%", "count"):
         return f"{value:.1f}" if unit == "%" else f"{value:.0f}"
     return f"{value:.2f}"
@@ -452,6 +574,12 @@ def main() -> int:
         "starts": Figure("16 processes connect() at once: starts", "count", "1"),
         "last": Figure("16 processes connect() at once: last return - ready", "ms", "<= 10"),
         "import": Figure('python -c "import daemon_controller"', "ms", "<= 150"),
+        "cancel": Figure("task.cancel() in astart() -> CancelledError raised", "ms", "<= 50"),
+        "lag": Figure("event-loop lag while 4 daemons start (max per start)", "ms", "<= 5"),
+        "lag_bare": Figure("  same 4 daemons started without the library", "ms", "-"),
+        "together": Figure("4 daemons ready 0.3 s after the call, all_running()", "s", "<= 0.4"),
+        "together_daemons": Figure("  daemons: call - last one listening", "s", "-"),
+        "together_ours": Figure("  ours: last one listening - return", "ms", "-"),
     }
     with tempfile.TemporaryDirectory(prefix="dc-bench-") as tmp:
         root = Path(tmp)
@@ -469,6 +597,12 @@ def main() -> int:
         (root / "conc").mkdir()
         bench_concurrent_connect(root / "conc", max(3, runs // 4), figs["starts"], figs["last"])
         bench_import(runs, figs["import"])
+        (root / "cancel").mkdir()
+        bench_cancel(root / "cancel", runs, figs["cancel"])
+        (root / "lag").mkdir()
+        bench_loop_lag(root / "lag", runs, figs)
+        (root / "together").mkdir()
+        bench_together(root / "together", runs, figs)
         if options.compare:
             (root / "mk").mkdir()
             compare_mirakuru(root / "mk", runs, figs)

@@ -8,13 +8,17 @@ Locking follows the Ruby gem: start, stop and restart hold the lock file
 exclusively throughout; read_pid (and so is_running) and the first connect
 attempt hold it shared, so they see a daemon either before a start or after
 it, never half-way.
+
+Run with a cancellation token (``_cancel``; the awaitable actions do), an
+action stops waiting for the lock when the token is cancelled, and a start it
+runs is aborted; a stop, once under way, finishes.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, TypeVar
 
-from . import _commands, _failures, _lock, _options, _ownership, _pidfile, _stop
+from . import _cancel, _commands, _failures, _lock, _options, _ownership, _pidfile, _stop
 from ._errors import AlreadyStarted, ConnectError, StartError, StartTimeout, hide_frames
 from ._probes import PingUnusable, has_address, holder, is_connect_error
 from ._start import Start
@@ -85,6 +89,7 @@ def start_locked(target: StartTarget) -> None:
     _refuse_stranger(target)
     if target.config.before_start is not None:
         target.config.before_start()
+    _cancel.check()  # nothing spawned yet: nothing to abort
     Start(target, _start_command(target), SYSTEM_CLOCK).run()
 
 
@@ -122,8 +127,20 @@ def ensure_running_locked(target: StartTarget, since: int) -> bool:
     except StartError as err:
         _failures.write(files, err)
         raise
+    except _cancel.Cancelled as cancelled:
+        # Those queued for this start learn that it was aborted, as they would
+        # learn of a failure, instead of spawning the daemon again each.
+        if cancelled.error is not None:
+            _failures.write(files, cancelled.error)
+        raise
     _failures.clear(files)
     return True
+
+
+def ensure_running(target: StartTarget, since: int) -> bool:
+    """:func:`ensure_running_locked` under the exclusive lock."""
+    with _lock.locked(target.files.lock, target.name, shared=False):
+        return ensure_running_locked(target, since)
 
 
 # -- stop and restart -------------------------------------------------------------------------
@@ -164,7 +181,10 @@ def restart_with(target: Target, command: Command, probe: Probe) -> None:
                 target.name, msg, output=result.output, exit_status=status, signal=signame
             )
 
+        token = _cancel.current()
+
         def ready() -> bool | None:
+            _cancel.check()
             if _pidfile.live(target) is None:
                 return None
             try:
@@ -173,7 +193,8 @@ def restart_with(target: Target, command: Command, probe: Probe) -> None:
                 msg = f"Daemon '{target.name}' did not restart: its ping can never answer"
                 raise StartError(target.name, f"{msg}: {err.detail}", ran=False) from err
 
-        if not poll_until(ready, deadline=deadline, max_interval=cfg.ping_interval):
+        sleep = token.sleep if token is not None else None
+        if not poll_until(ready, deadline=deadline, max_interval=cfg.ping_interval, sleep=sleep):
             msg = (
                 f"Daemon '{target.name}' did not answer {probe.describe()} within "
                 f"{cfg.start_timeout:g} s after its restart command."

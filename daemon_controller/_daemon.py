@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from . import _actions, _options, _platform, _status
+from ._async_actions import AsyncActions
 from ._errors import DaemonError, hide_frames
 from ._files import default_stem
 from ._options import DaemonConfig, PathArg, absolute, command_text
@@ -47,8 +48,11 @@ def _runtime_dir() -> Path:
 
 
 @dataclass(frozen=True, slots=True, repr=False)
-class Daemon:
+class Daemon(AsyncActions):
     """A daemon: how to start, ping, find and stop it. Immutable; build it fluently.
+
+    Every action has an awaitable twin for asyncio (``astart()``, ``astop()``,
+    ``arestart()``, ``aconnect()``, ``ais_running()``, ``aread_pid()``).
 
     Args:
         name: A human-readable, unique name, e.g. ``"Sphinx search server"``;

@@ -27,6 +27,10 @@ A ``KeyboardInterrupt`` may land between any two lines. Every lock is owned by
 an object from the moment it may be taken, and that object releases it when it
 is left (``with``) or, if the interrupt came before that could happen, when it
 is dropped (``__del__``, once the interrupt has been handled).
+
+Work that can be cancelled (see ``_cancel``) does not block in ``flock()``
+itself when the lock is busy: a helper thread waits for it, so the work can
+give up at once, and the helper lets go of the lock if it is granted after that.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import os
 import threading
 from typing import TYPE_CHECKING
 
-from . import _platform
+from . import _cancel, _lock_wait, _platform
 from ._errors import DaemonError, hide_frames
 from ._files import UnsafeFileError, open_file, own_uids
 
@@ -117,6 +121,10 @@ class Held:
             self._fd = None  # first: a descriptor closed twice may be somebody else's by then
             os.close(fd)  # releases the lock too, if the unlock was interrupted
 
+    def disown(self) -> None:
+        """Forget the descriptor without closing it: someone else owns it now."""
+        self._fd = None
+
     def __del__(self) -> None:
         with contextlib.suppress(OSError):
             self.release()
@@ -140,6 +148,11 @@ def acquire(path: Path, identifier: str, *, shared: bool, blocking: bool = True)
     held = None if (fd := _open(path, identifier)) is None else Held(fd)
     if held is None or fd is None:
         raise _missing_dir(path, identifier)
+    token = _cancel.current()
+    if blocking and token is not None:
+        held.disown()  # _lock_cancellable owns the descriptor while it waits
+        _lock_wait.lock_cancellable(fd, shared=shared, token=token)  # closes fd if it raises
+        return Held(fd)
     try:
         if not _platform.lock_fd(fd, shared=shared, blocking=blocking):
             held.release()
@@ -235,6 +248,9 @@ class locked:  # noqa: N801 - used like a function: ``with locked(...)``
     function, ``before_start``) may call ``is_running()`` or ``read_pid()``
     without deadlocking on its own lock.
 
+    In work that can be cancelled (``_cancel.current()`` is a token), a wait
+    for the lock ends with ``Cancelled`` as soon as the token is cancelled.
+
     Args:
         path: The lock file; created if missing, never truncated.
         identifier: The daemon's name, for error messages.
@@ -257,6 +273,7 @@ class locked:  # noqa: N801 - used like a function: ``with locked(...)``
         "_held",
         "_key",
         "_local",
+        "_own_fd",
         "create",
         "identifier",
         "path",
@@ -269,6 +286,7 @@ class locked:  # noqa: N801 - used like a function: ``with locked(...)``
         self.shared = shared
         self.create = create
         self._fd: int | None = None
+        self._own_fd = False  # a descriptor of its own, not the thread's cached one
         self._key = ""
         self._held: dict[str, tuple[bool]] = {}
         self._local: _ThreadState | None = None
@@ -311,10 +329,33 @@ class locked:  # noqa: N801 - used like a function: ``with locked(...)``
         # A tuple made here: its identity tells this object's entry from another's.
         self._entry = entry = (self.shared,)
         state.held[key] = entry
-        if not _platform.lock_fd(fd, shared=self.shared, blocking=blocking):
-            self._release()
-            return False
+        token = _cancel.current() if blocking else None
+        if token is None:
+            if not _platform.lock_fd(fd, shared=self.shared, blocking=blocking):
+                self._release()
+                return False
+        elif not _platform.lock_fd(fd, shared=self.shared, blocking=False):
+            self._wait_cancellable(token)
         return True
+
+    def _wait_cancellable(self, token: _cancel.Token) -> None:
+        """Somebody holds the lock: wait in a way that a cancellation can cut short.
+
+        On a descriptor of our own: the thread's cached one is never handed
+        to the helper thread that waits.
+        """
+        key, entry = self._key, self._entry
+        self._fd = None  # the cached descriptor was not locked: nothing to undo there
+        try:
+            own = _open(self.path, self.identifier)
+            if own is None:
+                raise _missing_dir(self.path, self.identifier)  # noqa: TRY301 - undone below too
+            _lock_wait.lock_cancellable(own, shared=self.shared, token=token)  # closes it on errors
+        except BaseException:
+            if self._held.get(key) is entry:
+                del self._held[key]
+            raise
+        self._fd, self._own_fd = own, True
 
     def _release(self, *exc_info: object) -> None:  # noqa: ARG002 - also __exit__
         # Whatever line an interrupt stops this at, calling it again (from
@@ -325,7 +366,10 @@ class locked:  # noqa: N801 - used like a function: ``with locked(...)``
         if fd is None:
             return
         if self._held.get(self._key) is self._entry:
-            if self._local is _state:  # not a forked child's copy of the parent's lock
+            if self._own_fd:  # waited for on a descriptor of our own: unlock and close it
+                self._own_fd = False
+                _lock_wait.let_go(fd, locked=True)
+            elif self._local is _state:  # not a forked child's copy of the parent's lock
                 _platform.unlock_fd(fd)
             del self._held[self._key]
         self._fd = None

@@ -215,8 +215,8 @@ class ExitWatches:
             return False
         return True
 
-    def wait(self, pid: int, seconds: float) -> bool:
-        """Pause up to ``seconds``, waking when ``pid`` exits.
+    def wait(self, pid: int, seconds: float, wake: int | None = None) -> bool:
+        """Pause up to ``seconds``, waking when ``pid`` exits (or ``wake`` polls readable).
 
         Returns:
             ``False`` if the platform has no exit handle for it: the caller
@@ -227,7 +227,7 @@ class ExitWatches:
         handle = self._handles.get(pid)
         if handle is None:
             return False
-        handle.wait(seconds)
+        handle.wait(seconds, wake)
         return True
 
     def has_handle(self, pid: int) -> bool:

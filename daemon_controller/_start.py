@@ -10,6 +10,10 @@ The phases, in order (a program run in the foreground starts at ``PING``)::
 says what a look at the daemon does (:meth:`Start._check`), what wakes a pause
 early and how long it may be (:meth:`Start._pause_for`, :meth:`Start._sleep`),
 and what running out of time means (:meth:`Start._timed_out`).
+
+A start run with a cancellation token (``_cancel``) wakes from any pause when
+it is cancelled and is aborted like a failed one; ``Cancelled`` escapes,
+carrying the :class:`StartError` that describes the aborted start.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import subprocess
 import tempfile
 from typing import IO, TYPE_CHECKING, Any, NoReturn
 
-from . import _commands, _interrupts, _pidfile, _platform, _process, _record, _tracking
+from . import _cancel, _commands, _interrupts, _pidfile, _platform, _process, _record, _tracking
 from ._errors import StartError, StartTimeout, hide_frames
 from ._logs import LogWatch, open_for_program
 from ._options import command_text
@@ -84,6 +88,7 @@ class Start:
         self.last_activity = 0.0
         self.tracker: _tracking.Descendants | None = None
         self.descendants: _tracking.AllExitedWatch | None = None
+        self.token = _cancel.current()
 
     # spawning ------------------------------------------------------------------
 
@@ -279,12 +284,19 @@ class Start:
         return chosen
 
     def _sleep(self, seconds: float) -> None:
-        """Pause between looks, waking early when the watched process exits (pidfd)."""
+        """Pause between looks; the watched process's exit or a cancellation ends it early."""
         pid = self._watched_pid()
+        token = self.token
         real_time = isinstance(self.clock, MonotonicClock)
-        if pid is not None and real_time and self.exits.wait(pid, seconds):
-            return
-        self.clock.sleep(seconds)
+        wake = token.wake_fd() if token is not None and real_time else None  # polled with the pidfd
+        if pid is not None and real_time and self.exits.wait(pid, seconds, wake):
+            pass
+        elif token is not None and real_time:
+            token.sleep(seconds)
+        else:
+            self.clock.sleep(seconds)
+        if token is not None:
+            token.check()
 
     def _scan_time(self) -> float:
         return self.descendants.take_scan_time() if self.descendants is not None else 0.0
@@ -319,6 +331,14 @@ class Start:
         except _Failed as failure:
             self._abort()
             raise self._error(failure) from None
+        except _cancel.Cancelled:
+            self._abort()
+            message = (
+                f"Daemon '{self.name}' failed to start: the start was cancelled after "
+                f"{self.deadline.elapsed():.3f} s ({self.phase.value}), and was aborted."
+            )
+            aborted = _Failed(message, reason="cancelled", pid=self.pid)
+            raise _cancel.Cancelled(self._error(aborted)) from None
         except BaseException:
             self._abort()
             self._close_output()

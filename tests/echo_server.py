@@ -96,7 +96,11 @@ After daemonizing, in this order:
 6. ``--exit-after-pid CODE``: log ``exiting after writing pid file`` and exit
    with ``CODE``, leaving the PID file in place.
 7. ``--wait-before-listen SECONDS`` plus
-   ``random.uniform(0, --random-extra-wait SECONDS)``: sleep.
+   ``random.uniform(0, --random-extra-wait SECONDS)``: sleep.  Then, with
+   ``--listen-at MONOTONIC``, sleep until ``time.monotonic()`` (CLOCK_MONOTONIC,
+   the same in every process) reaches ``MONOTONIC``: a benchmark can make a
+   daemon ready a set time after it was started, however long the interpreter
+   took to start.
 8. Bind and listen.  On failure (e.g. port in use) log
    ``cannot listen: <error>`` to the log file and stderr, remove the PID file
    and exit 1.
@@ -231,6 +235,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--wait-before-pid", type=_non_negative_float, default=0.0, metavar="SECONDS")
     p.add_argument("--wait-before-listen", type=_non_negative_float, default=0.0, metavar="SECONDS")
     p.add_argument("--random-extra-wait", type=_non_negative_float, default=0.0, metavar="SECONDS")
+    p.add_argument("--listen-at", type=_non_negative_float, default=0.0, metavar="MONOTONIC")
     p.add_argument("--ignore-term", action="store_true", help="ignore SIGTERM")
     p.add_argument("--stop-delay", type=_non_negative_float, default=0.0, metavar="SECONDS")
     p.add_argument("--record", metavar="PATH", help="append JSON event lines here")
@@ -668,6 +673,8 @@ class _Server:
             wait += random.uniform(0.0, args.random_extra_wait)
         if wait > 0:
             time.sleep(wait)
+        if args.listen_at > time.monotonic():
+            time.sleep(args.listen_at - time.monotonic())
         try:
             self.listener = self.listen()
         except OSError as e:

@@ -364,30 +364,44 @@ class ExitHandle:
         # under another thread's feet (a closed fd would poll as "exited").
         self.close()
 
-    def _poll(self, milliseconds: int) -> bool:
-        if self._fd < 0:
+    def _poll(self, milliseconds: int, wake: int | None = None) -> bool:
+        fd = self._fd
+        if fd < 0:
             msg = "exit handle used after close()"
             raise ValueError(msg)
         poller = select.poll()
-        poller.register(self._fd, select.POLLIN)
-        events = poller.poll(milliseconds)
-        if events and events[0][1] & select.POLLNVAL:
+        poller.register(fd, select.POLLIN)
+        if wake is None:  # the hot path of is_running(): one descriptor
+            events = poller.poll(milliseconds)
+            mask = events[0][1] if events else 0
+        else:
+            poller.register(wake, select.POLLIN)
+            mask = sum(m for polled, m in poller.poll(milliseconds) if polled == fd)
+        if mask & select.POLLNVAL:
             msg = "exit handle's descriptor is not open"
             raise ValueError(msg)
-        return bool(events)
+        return bool(mask)
 
     def exited(self) -> bool:
         """Whether the process has exited (a zombie has)."""
         return self._poll(0)
 
-    def wait(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds (``inf``: no limit) for the exit; whether it happened."""
+    def wait(self, timeout: float, wake: int | None = None) -> bool:
+        """Wait up to ``timeout`` seconds (``inf``: no limit) for the exit; whether it happened.
+
+        Args:
+            timeout: Seconds; ``0`` only looks.
+            wake: A descriptor that ends the wait early when it polls readable
+                (a cancellation's pipe), or ``None``.
+        """
         milliseconds = timeout * 1000
-        while milliseconds > _MAX_POLL_MS:
-            if self._poll(_MAX_POLL_MS):
+        while milliseconds > _MAX_POLL_MS:  # poll() takes an int of milliseconds
+            if self._poll(_MAX_POLL_MS, wake):
                 return True
+            if wake is not None and select.select([wake], [], [], 0)[0]:
+                return False
             milliseconds -= _MAX_POLL_MS
-        return self._poll(max(0, int(milliseconds)))
+        return self._poll(max(0, int(milliseconds)), wake)
 
     def close(self) -> None:
         """Close the pidfd (only its last user should)."""

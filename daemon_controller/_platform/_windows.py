@@ -231,8 +231,9 @@ class ExitHandle:
         """Not used on Windows."""
         raise NotImplementedError(_WRONG_OS)
 
-    def wait(self, timeout: float) -> bool:
+    def wait(self, timeout: float, wake: int | None = None) -> bool:
         """Not used on Windows."""
+        del timeout, wake
         raise NotImplementedError(_WRONG_OS)
 
     def close(self) -> None:

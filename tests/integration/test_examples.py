@@ -117,6 +117,19 @@ def test_postgresql_example(pg, pg_user):
         assert output.count(f"(postgres), owned by {pg_user}") == 3
 
 
+def test_asyncio_example(redis_bin, memcached_bin):
+    check(
+        "asyncio_example.py",
+        "dc-asyncio-",
+        "Redis: SET -> 'OK', GET -> 'hello from asyncio'",
+        "memcached: set -> 'STORED', get -> 'hello from asyncio'",
+        "Left the block: Redis running False, memcached running False; processes left: []",
+        "astart() under asyncio.timeout(1.0): TimeoutError after",
+        "The start was aborted: processes left: []; lock free: True",
+        "OK",
+    )
+
+
 def test_foreground_http_server():
     check(
         "foreground_http_server.py",
