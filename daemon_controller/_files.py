@@ -5,7 +5,9 @@ file's name is the stem of the library's side files:
 
 * ``<lock>.users`` — shared locks of the ``running()`` blocks inside;
 * ``<lock>.owner`` — the PID a ``running()`` block started;
-* ``<lock>.failure`` — the last failed start, shared with those who waited for it.
+* ``<lock>.failure`` — the last failed start, shared with those who waited for it;
+* ``<lock>.port`` — the TCP port chosen for the daemon when it started;
+* ``<lock>.prepared`` — which prepared template its run directory was copied from.
 
 Everything here is below the rest of the library: no module of ours is
 imported, so every layer can use it.
@@ -40,6 +42,8 @@ class DaemonFiles:
         users: Shared locks on it count the ``running()`` blocks inside.
         owner: Names the daemon PID that a ``running()`` block started.
         failure: The record of the last failed start.
+        port: The port the daemon was given when it started (``port()``).
+        prepared: The fingerprint of the template its run directory was copied from.
     """
 
     pid: Path
@@ -47,9 +51,11 @@ class DaemonFiles:
     users: Path = field(init=False, repr=False, compare=False)
     owner: Path = field(init=False, repr=False, compare=False)
     failure: Path = field(init=False, repr=False, compare=False)
+    port: Path = field(init=False, repr=False, compare=False)
+    prepared: Path = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        for suffix in ("users", "owner", "failure"):
+        for suffix in ("users", "owner", "failure", "port", "prepared"):
             object.__setattr__(self, suffix, self.lock.with_name(f"{self.lock.name}.{suffix}"))
 
     @classmethod
