@@ -12,9 +12,21 @@ it, never half-way.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, TypeVar
 
-from . import _commands, _failures, _lock, _options, _ownership, _pidfile, _stop
+from . import (
+    _commands,
+    _failures,
+    _launch,
+    _lock,
+    _options,
+    _ownership,
+    _pidfile,
+    _ports,
+    _stop,
+    _templates,
+)
 from ._errors import AlreadyStarted, ConnectError, StartError, StartTimeout, hide_frames
 from ._probes import PingUnusable, has_address, holder, is_connect_error
 from ._start import Start
@@ -30,6 +42,7 @@ if TYPE_CHECKING:
 __tracebackhide__ = hide_frames
 
 T = TypeVar("T")
+T_Target = TypeVar("T_Target", bound="Target")
 
 #: How often connect() tries the lock without queueing before it queues.
 _CONNECT_ROUNDS = 20
@@ -67,6 +80,14 @@ def _refuse_stranger(target: StartTarget) -> None:
     raise StartError(target.name, msg, reason="address in use", ran=False)
 
 
+def _start_attempt(target: StartTarget) -> None:
+    """One attempt, as ``_launch`` hands it over: port chosen, placeholders filled in."""
+    _refuse_stranger(target)
+    if target.before_start is not None:
+        target.before_start(target.config)
+    Start(target, _start_command(target), SYSTEM_CLOCK).run()
+
+
 def start_locked(target: StartTarget) -> None:
     """Start the daemon; the caller holds the exclusive lock."""
     pid_file = target.files.pid
@@ -74,10 +95,7 @@ def start_locked(target: StartTarget) -> None:
     if running is not None:
         raise AlreadyStarted(target.name, running)
     _pidfile.remove(pid_file)  # leftover from a crash, or stale
-    _refuse_stranger(target)
-    if target.config.before_start is not None:
-        target.config.before_start()
-    Start(target, _start_command(target), SYSTEM_CLOCK).run()
+    _launch.start(target, _start_attempt)
 
 
 def start(target: StartTarget) -> None:
@@ -121,23 +139,54 @@ def ensure_running_locked(target: StartTarget, since: int) -> bool:
 # -- stop and restart -------------------------------------------------------------------------
 
 
+def recorded_port(target: Target) -> int | None:
+    """The port the daemon was started with (recorded then), or its fixed one."""
+    port = target.config.port
+    if port is None:
+        return None
+    recorded = _ports.read(target.files.port)
+    return recorded if recorded is not None or port == "auto" else port
+
+
+def started(target: T_Target) -> T_Target:
+    """``target`` with ``{port}`` filled in as its running daemon was started.
+
+    With no port known (the daemon never started), a stop command using
+    ``{port}`` cannot be run: the daemon's PID is signalled instead.
+    """
+    bound = _templates.bind_port(target, recorded_port(target))
+    stop_command = bound.config.stop_command
+    if stop_command is not None and _options.PORT in _options.command_text(stop_command):
+        bound.config.logger.info(
+            "Daemon '%s': no recorded port for its stop command; signalling it", target.name
+        )
+        bound = replace(bound, config=replace(bound.config, stop_command=None))
+    return bound
+
+
 def stop(target: Target) -> None:
     """See :meth:`Daemon.stop`."""
     with _lock.locked(target.files.lock, target.name, shared=False):
-        _stop.stop_locked(target, SYSTEM_CLOCK)
+        _stop.stop_locked(started(target), SYSTEM_CLOCK)
 
 
 def restart(target: StartTarget) -> None:
     """See :meth:`Daemon.restart` without a restart command: stop, then start, atomically."""
     with _lock.locked(target.files.lock, target.name, shared=False):
         before = _pidfile.read_pid(target.files.pid)
-        _stop.stop_locked(target, SYSTEM_CLOCK)
+        _stop.stop_locked(started(target), SYSTEM_CLOCK)
         start_locked(target)
         _ownership.owner_follows(target, before)
 
 
 def restart_with(target: Target, command: Command, probe: Probe) -> None:
     """See :meth:`Daemon.restart` with a restart command: run it, wait until it answers."""
+    port = recorded_port(target)
+    if port is not None:
+        values = {_options.PORT: str(port)}
+        target = started(target)
+        command = _templates.fill_command(command, values)
+        probe = _templates.fill_probe(probe, values) or probe
     cfg = target.config
     pid_file = target.files.pid
     with _lock.locked(target.files.lock, target.name, shared=False):
@@ -189,6 +238,14 @@ def read_pid(target: Target) -> int | None:
         if pid is None:
             _stop.remove_stale(pid_file)
     return pid
+
+
+def read_port(target: Target) -> int | None:
+    """See :meth:`Daemon.read_port`."""
+    with _lock.locked(target.files.lock, target.name, shared=True, create=False):
+        if _pidfile.live_pid(target.files.pid) is None:
+            return None
+        return recorded_port(target)
 
 
 # -- connect ---------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import psutil
 
-from ._options import command_text
+from ._options import PORT, command_text
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -86,14 +86,26 @@ class Probe(Protocol):
         ...
 
 
+def _unfilled(text: str) -> PingUnusable | None:
+    """A ping whose address still holds ``{port}`` asks a daemon that has not started."""
+    if PORT not in text:
+        return None
+    return PingUnusable(f"its address {text} is known only once the daemon has started")
+
+
 @dataclass(frozen=True, slots=True)
 class TcpPing:
-    """Ready when a TCP connect to ``host:port`` succeeds on any address it resolves to."""
+    """Ready when a TCP connect to ``host:port`` succeeds on any address it resolves to.
+
+    ``port`` may be ``"{port}"``: the port chosen when the daemon starts.
+    """
 
     host: str
-    port: int
+    port: int | str
 
     def __post_init__(self) -> None:
+        if self.port == PORT:
+            return
         if (
             not isinstance(self.port, int)
             or isinstance(self.port, bool)
@@ -101,11 +113,17 @@ class TcpPing:
                 0 < self.port < 65536  # noqa: PLR2004 - the TCP port range
             )
         ):
-            msg = f"TCP port must be an int from 1 to 65535, not {self.port!r}"
+            msg = f"TCP port must be an int from 1 to 65535 or {PORT!r}, not {self.port!r}"
             raise ValueError(msg)
 
     def check(self, timeout: float) -> bool:
-        """Try each address ``host`` resolves to (IPv4 and IPv6) in turn."""
+        """Try each address ``host`` resolves to (IPv4 and IPv6) in turn.
+
+        Raises:
+            PingUnusable: The port is still ``"{port}"`` (not chosen yet).
+        """
+        if (unusable := _unfilled(str(self.port))) is not None:
+            raise unusable
         try:
             infos = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
         except socket.gaierror:
@@ -168,7 +186,13 @@ class HttpPing:
             raise ValueError(msg)
 
     def check(self, timeout: float) -> bool:
-        """Send one GET and look at the status line."""
+        """Send one GET and look at the status line.
+
+        Raises:
+            PingUnusable: The URL still holds ``{port}`` (not chosen yet).
+        """
+        if (unusable := _unfilled(self.url)) is not None:
+            raise unusable
         import http.client  # noqa: PLC0415 - 40 ms of import time, only for HTTP pings
 
         parts = urllib.parse.urlsplit(self.url)
@@ -280,8 +304,12 @@ def holder(probe: Probe) -> str | None:
     wanted: int | str
     if isinstance(probe, HttpPing):
         parts = urllib.parse.urlsplit(probe.url)
-        kind, wanted = "inet", parts.port or (443 if parts.scheme == "https" else 80)
-    elif isinstance(probe, TcpPing):
+        try:
+            port = parts.port
+        except ValueError:  # "{port}", not chosen yet
+            return None
+        kind, wanted = "inet", port or (443 if parts.scheme == "https" else 80)
+    elif isinstance(probe, TcpPing) and isinstance(probe.port, int):
         kind, wanted = "inet", probe.port
     elif isinstance(probe, UnixPing):
         kind, wanted = "unix", str(probe.path)

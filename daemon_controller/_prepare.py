@@ -1,0 +1,322 @@
+"""A daemon's run directory: made private, or started as a copy of a prepared template.
+
+A daemon with ``run_dir()`` gets its directory made (0700, belonging to the
+user its commands run as) before its start. With ``prepare()``, the
+preparation (``initdb`` plus a schema, a dataset) runs once, under a lock of
+its own, into a template directory named after a fingerprint of its inputs
+(the command, the files it names, the user it runs as); every instance's run
+directory starts as a copy of that template, so four test workers do not run
+``initdb`` four times. Changing an input makes a new fingerprint, hence a new
+template, and run directories copied from the old one are copied afresh at
+their next start (their data is replaced: the inputs said so).
+
+The copy clones files where the filesystem shares blocks (Btrfs, XFS), hard
+links them when the daemon was declared never to write a file in place, and
+copies the bytes otherwise. A run directory is replaced only while its
+daemon is stopped (the caller holds the daemon's lock) and only if the
+library made it: one it did not make and that is not empty is left alone,
+with an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import os
+import shutil
+import stat
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import _commands, _lock, _platform
+from ._errors import StartError, hide_frames
+from ._files import atomic_write
+from ._options import RUN_DIR, command_text
+
+if TYPE_CHECKING:
+    from ._options import DaemonConfig, Preparation, Target
+
+#: pytest shows our errors without our frames (see ``_errors.hide_frames``).
+__tracebackhide__ = hide_frames
+
+_OPEN_SOURCE = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+_OPEN_COPY = (
+    os.O_WRONLY
+    | os.O_CREAT
+    | os.O_EXCL
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+)
+_CHUNK = 1 << 20
+
+
+# -- fingerprints -------------------------------------------------------------------------
+
+
+def _hash_input(digest: hashlib._Hash, path: Path) -> None:
+    if path.is_dir():
+        for child in sorted(path.rglob("*")):
+            if child.is_file():
+                digest.update(str(child.relative_to(path)).encode() + b"\0")
+                digest.update(child.read_bytes())
+        return
+    try:
+        digest.update(path.read_bytes())
+    except OSError as err:  # a missing input is part of the state too
+        digest.update(f"unreadable: {err.strerror}".encode())
+
+
+def fingerprint(preparation: Preparation, user: str | None) -> str:
+    """What the template depends on: the command, the inputs' contents, the user.
+
+    A function as command counts by its module, name and compiled body.
+    """
+    digest = hashlib.sha256()
+    command = preparation.command
+    if callable(command):
+        code = getattr(command, "__code__", None)
+        name = f"{getattr(command, '__module__', '')}.{getattr(command, '__qualname__', '')}"
+        digest.update(name.encode())
+        if code is not None:
+            digest.update(code.co_code + repr(code.co_consts).encode())
+    else:
+        digest.update(repr(command).encode())
+    digest.update(f"\0user={user}\0".encode())
+    for path in preparation.inputs:
+        digest.update(str(path).encode() + b"\0")
+        _hash_input(digest, path)
+    return digest.hexdigest()[:16]
+
+
+# -- copies -------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Copier:
+    """How files are copied; each way is given up after the filesystem refuses it once."""
+
+    link: bool
+    clone: bool = True
+
+    def file(self, source: str, target: str, info: os.stat_result) -> None:
+        if self.link:
+            try:
+                os.link(source, target, follow_symlinks=False)
+            except OSError:
+                self.link = False  # another filesystem, or links not allowed: copy
+            else:
+                return
+        src = os.open(source, _OPEN_SOURCE)
+        try:
+            dst = os.open(target, _OPEN_COPY, 0o600)
+            try:
+                if not (self.clone and _platform.clone_file(src, dst)):
+                    self.clone = False
+                    _copy_bytes(src, dst)
+                if hasattr(os, "fchmod"):
+                    os.fchmod(dst, stat.S_IMODE(info.st_mode))
+            finally:
+                os.close(dst)
+        finally:
+            os.close(src)
+        _platform.keep_owner(target, info)
+
+    def tree(self, source: str, target: str) -> None:
+        """Copy the contents of directory ``source`` into the existing ``target``.
+
+        On str paths with ``os`` calls: a PostgreSQL template has about a
+        thousand files, and every microsecond per file is a millisecond.
+        """
+        with os.scandir(source) as entries:
+            for entry in entries:
+                into = os.path.join(target, entry.name)  # noqa: PTH118 - see above
+                info = entry.stat(follow_symlinks=False)
+                if entry.is_symlink():
+                    os.symlink(os.readlink(entry.path), into)  # noqa: PTH115, PTH211 - see above
+                    _platform.keep_owner(into, info)
+                elif entry.is_dir(follow_symlinks=False):
+                    os.mkdir(into, 0o700)  # noqa: PTH102 - see above
+                    self.tree(entry.path, into)
+                    os.chmod(into, stat.S_IMODE(info.st_mode))  # noqa: PTH101 - see above
+                    _platform.keep_owner(into, info)
+                elif entry.is_file(follow_symlinks=False):
+                    self.file(entry.path, into, info)
+                # Sockets, FIFOs and devices are not copied: a daemon makes them anew.
+
+
+def _copy_bytes(source: int, target: int) -> None:
+    copy_range = getattr(os, "copy_file_range", None)  # in the kernel, no trip through us
+    while True:
+        if copy_range is not None:
+            try:
+                if copy_range(source, target, _CHUNK) == 0:
+                    return
+                continue
+            except OSError:
+                copy_range = None  # not for these files: read and write
+        chunk = os.read(source, _CHUNK)
+        if not chunk:
+            return
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(target, view) :]
+
+
+def copy_tree(source: Path, target: Path, *, hardlinks: bool = False) -> None:
+    """Copy the directory ``source`` to ``target`` (which must not exist), 0700.
+
+    Modes are kept; as root, owners too. Files are cloned where the
+    filesystem can, hard-linked with ``hardlinks`` (falling back to a copy
+    across filesystems), copied otherwise.
+    """
+    target.mkdir(mode=0o700)
+    try:
+        _Copier(link=hardlinks).tree(str(source), str(target))
+        _platform.keep_owner(str(target), os.lstat(source))
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)
+        raise
+
+
+# -- the template -------------------------------------------------------------------------
+
+
+def _base(name: str, preparation: Preparation) -> Path:
+    base = preparation.template
+    if base is None:  # pragma: no cover - Daemon.resolved() fills it in
+        msg = f"Daemon '{name}': its preparation has no template directory"
+        raise ValueError(msg)
+    return base
+
+
+def _template_lock(base: Path) -> Path:
+    return base.with_name(f"{base.name}.lock")
+
+
+def _prepare_into(name: str, config: DaemonConfig, preparation: Preparation, where: Path) -> None:
+    """Run the preparation with ``{run_dir}`` standing for ``where``."""
+    command = preparation.command
+    if callable(command):
+        command(where)
+        return
+    if isinstance(command, str):
+        filled: str | tuple[str, ...] = command.replace(RUN_DIR, str(where))
+    else:
+        filled = tuple(part.replace(RUN_DIR, str(where)) for part in command)
+    run_dir = config.run_dir
+    cwd = config.cwd
+    if isinstance(run_dir, Path) and cwd is not None and cwd.is_relative_to(run_dir):
+        cwd = where  # the run directory is made from this template: it does not exist yet
+    config.logger.info("Preparing daemon '%s': %s", name, command_text(filled))
+    result = _commands.run(dataclasses.replace(config, cwd=cwd), filled, None)
+    if result.returncode != 0:
+        status, signame = (None, None)
+        if result.returncode is not None:
+            status, signame = _commands.describe_exit(result.returncode)
+        msg = f"Daemon '{name}' failed to start: its preparation failed: {command_text(filled)}"
+        raise StartError(name, msg, output=result.output, exit_status=status, signal=signame)
+
+
+def template(name: str, config: DaemonConfig, preparation: Preparation, prints: str) -> Path:
+    """The prepared template for fingerprint ``prints``, preparing it first if needed.
+
+    Prepared at most once: under an exclusive lock, into a temporary
+    directory renamed into place when complete. Templates of other
+    fingerprints are removed then (no copy from them can be running: copies
+    hold the lock shared).
+
+    Raises:
+        StartError: The preparation failed (its output is in the error).
+    """
+    base = _base(name, preparation)
+    ready = base.with_name(f"{base.name}-{prints}")
+    if ready.is_dir():
+        return ready
+    held = _lock.acquire(_template_lock(base), name, shared=False)
+    assert held is not None  # noqa: S101 - a blocking acquire holds it
+    try:
+        if ready.is_dir():
+            return ready  # prepared by whoever held the lock before us
+        for old in base.parent.glob(f"{base.name}-*"):
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old, ignore_errors=True)
+        partial = base.with_name(f"{base.name}.partial-{uuid.uuid4().hex[:8]}")
+        partial.mkdir(mode=0o700)
+        try:
+            _platform.give(partial, _platform.user_ids(config.user))
+            _prepare_into(name, config, preparation, partial)
+            partial.rename(ready)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+    finally:
+        held.release()
+    return ready
+
+
+# -- the run directory --------------------------------------------------------------------
+
+
+def _read_marker(path: Path) -> str | None:
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        if path.is_file() and not path.is_symlink() and path.stat().st_size < 256:  # noqa: PLR2004 - a fingerprint and a newline
+            return path.read_text(encoding="ascii").strip()
+    return None
+
+
+def make_private(path: Path, user: str | None) -> None:
+    """Create ``path`` (and missing parents) 0700, belonging to ``user`` when we are root."""
+    with contextlib.suppress(FileExistsError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=0o700)
+        _platform.give(path, _platform.user_ids(user))
+
+
+def populate(target: Target) -> None:
+    """Make the run directory ready for a start; the caller holds the daemon's lock.
+
+    Without a preparation: the directory exists. With one: it is a copy of
+    the current template (copied now unless it already was).
+
+    Raises:
+        StartError: The preparation failed, or the run directory holds
+            something the library did not put there.
+    """
+    config = target.config
+    run_dir, preparation = config.run_dir, config.prepare
+    if not isinstance(run_dir, Path):  # pragma: no cover - Daemon.resolved() makes it a path
+        return
+    if preparation is None:
+        make_private(run_dir, config.user)
+        return
+    prints = fingerprint(preparation, config.user)
+    marker = target.files.prepared
+    made_by_us = _read_marker(marker)
+    if made_by_us == prints and run_dir.is_dir():
+        return
+    if made_by_us is None and run_dir.is_dir() and any(run_dir.iterdir()):
+        msg = (
+            f"Daemon '{target.name}' cannot be started: its run directory {str(run_dir)!r} "
+            "was not copied from its prepared template and is not empty. Remove it, and "
+            "the next start copies the template there."
+        )
+        raise StartError(target.name, msg, ran=False)
+    source = template(target.name, config, preparation, prints)
+    config.logger.info("Daemon '%s': run directory %s copied from %s", target.name, run_dir, source)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    fresh = run_dir.with_name(f".{run_dir.name}.new-{uuid.uuid4().hex[:8]}")
+    held = _lock.acquire(_template_lock(_base(target.name, preparation)), target.name, shared=True)
+    try:
+        copy_tree(source, fresh, hardlinks=preparation.hardlinks)
+    finally:
+        if held is not None:
+            held.release()
+    old = run_dir.with_name(f".{run_dir.name}.old-{uuid.uuid4().hex[:8]}")
+    if run_dir.is_dir():
+        run_dir.rename(old)
+    fresh.rename(run_dir)
+    atomic_write(marker, f"{prints}\n".encode())
+    shutil.rmtree(old, ignore_errors=True)
