@@ -164,6 +164,18 @@ def started(target: T_Target) -> T_Target:
     return bound
 
 
+def _with_recorded_port(
+    target: Target, command: Command, probe: Probe
+) -> tuple[Target, Command, Probe]:
+    """A restart command and its ping with ``{port}`` filled in, as the daemon runs."""
+    port = recorded_port(target)
+    if port is None:
+        return target, command, probe
+    values = {_options.PORT: str(port)}
+    filled = _templates.fill_probe(probe, values) or probe
+    return started(target), _templates.fill_command(command, values), filled
+
+
 def stop(target: Target) -> None:
     """See :meth:`Daemon.stop`."""
     with _lock.locked(target.files.lock, target.name, shared=False):
@@ -181,15 +193,11 @@ def restart(target: StartTarget) -> None:
 
 def restart_with(target: Target, command: Command, probe: Probe) -> None:
     """See :meth:`Daemon.restart` with a restart command: run it, wait until it answers."""
-    port = recorded_port(target)
-    if port is not None:
-        values = {_options.PORT: str(port)}
-        target = started(target)
-        command = _templates.fill_command(command, values)
-        probe = _templates.fill_probe(probe, values) or probe
     cfg = target.config
     pid_file = target.files.pid
     with _lock.locked(target.files.lock, target.name, shared=False):
+        target, command, probe = _with_recorded_port(target, command, probe)
+        cfg = target.config
         before = _pidfile.read_pid(pid_file)
         deadline = Deadline(cfg.start_timeout, SYSTEM_CLOCK)
         cfg.logger.info("Restarting daemon '%s' with its restart command", target.name)
@@ -240,12 +248,16 @@ def read_pid(target: Target) -> int | None:
     return pid
 
 
+def read_pid_and_port(target: Target) -> tuple[int | None, int | None]:
+    """The running daemon's PID and port (see :meth:`Daemon.read_port`), seen at once."""
+    with _lock.locked(target.files.lock, target.name, shared=True, create=False):
+        pid = _pidfile.live_pid(target.files.pid)
+        return pid, None if pid is None else recorded_port(target)
+
+
 def read_port(target: Target) -> int | None:
     """See :meth:`Daemon.read_port`."""
-    with _lock.locked(target.files.lock, target.name, shared=True, create=False):
-        if _pidfile.live_pid(target.files.pid) is None:
-            return None
-        return recorded_port(target)
+    return read_pid_and_port(target)[1]
 
 
 # -- connect ---------------------------------------------------------------------------------

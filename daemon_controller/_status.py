@@ -76,7 +76,7 @@ class Status:
 def status(target: Target, timeout: float) -> Status:
     """See :meth:`Daemon.status`."""
     pid = _actions.read_pid(target)
-    port = None if pid is None else _actions.recorded_port(target)
+    port = None if pid is None else _actions.read_pid_and_port(target)[1]
     if port is not None:
         target = _actions.started(target)
     run_dir = target.config.run_dir

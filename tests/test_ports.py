@@ -67,7 +67,7 @@ def test_port_is_chosen_at_start_filled_in_recorded_and_read_back(tmp_path, test
     assert isinstance(port, int)
     assert roundtrip(port) == b"hello daemon\n"  # the daemon really listens there
     recorded = daemon.resolved()._target().files.port
-    assert recorded.read_text() == f"{port}\n"
+    assert recorded.read_text().strip() == str(port)
     status = daemon.status()
     assert (status.port, status.ping, status.answering) == (port, f"tcp://127.0.0.1:{port}", True)
     assert daemon.expand("127.0.0.1:{port}") == f"127.0.0.1:{port}"
@@ -141,6 +141,25 @@ def test_a_fixed_port_fills_the_same_templates(tmp_path, test_id, daemons):
     daemon.start()
     assert daemon.read_port() == port
     assert roundtrip(port) == b"hello daemon\n"
+
+
+def test_the_record_is_never_written_through_a_symlink_or_into_a_fifo(tmp_path, test_id, daemons):
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me\n")
+    daemon = placed_echo("guarded", tmp_path, test_id)
+    daemons.append(daemon)
+    record = daemon.resolved()._target().files.port
+    record.symlink_to(precious)
+    daemon.start()
+    assert precious.read_text() == "keep me\n"
+    assert not record.is_symlink()
+    assert record.read_text().strip() == str(daemon.read_port())
+    daemon.stop()
+    record.unlink()
+    os.mkfifo(record)
+    daemon.start()  # no reader on the FIFO: opening it must not hang the start
+    assert record.is_file()
+    assert record.read_text().strip() == str(daemon.read_port())
 
 
 def test_port_rejects_what_is_not_a_port():
