@@ -458,8 +458,9 @@ def bench_pg_instances(rounds: int, one: Figure, four: Figure, ratio: Figure) ->
             four.samples.append(together * MS)
             ratio.samples.append(together / single)
     finally:
-        base.stop()
-        forget(base)
+        for instance in (base, *(base.for_worker(f"b{i}") for i in range(4))):
+            instance.stop()
+            forget(instance)
         shutil.rmtree(project, ignore_errors=True)
 
 

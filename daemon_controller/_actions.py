@@ -88,14 +88,14 @@ def _start_attempt(target: StartTarget) -> None:
     Start(target, _start_command(target), SYSTEM_CLOCK).run()
 
 
-def start_locked(target: StartTarget) -> None:
-    """Start the daemon; the caller holds the exclusive lock."""
+def start_locked(target: StartTarget, *, restart: bool = False) -> None:
+    """Start the daemon; the caller holds the exclusive lock (``restart``: after a stop)."""
     pid_file = target.files.pid
     running = _pidfile.live_pid(pid_file)
     if running is not None:
         raise AlreadyStarted(target.name, running)
     _pidfile.remove(pid_file)  # leftover from a crash, or stale
-    _launch.start(target, _start_attempt)
+    _launch.start(target, _start_attempt, restart=restart)
 
 
 def start(target: StartTarget) -> None:
@@ -187,7 +187,7 @@ def restart(target: StartTarget) -> None:
     with _lock.locked(target.files.lock, target.name, shared=False):
         before = _pidfile.read_pid(target.files.pid)
         _stop.stop_locked(started(target), SYSTEM_CLOCK)
-        start_locked(target)
+        start_locked(target, restart=True)
         _ownership.owner_follows(target, before)
 
 

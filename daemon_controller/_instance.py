@@ -96,9 +96,10 @@ def resolve(name: str, config: DaemonConfig) -> DaemonConfig:
         config = _templates.fill_config(config, {RUN_DIR: str(run_dir)})
         pid_file = config.pid_file
         if config.lock_file is None and pid_file is not None and pid_file.is_relative_to(run_dir):
-            # The lock and its side files stay outside: the run directory is
-            # replaced by a fresh copy when its template changes.
-            config = dataclasses.replace(config, lock_file=_runtime(name) / f"{stem}.lock")
+            # The lock and its side files stay outside, beside it: the run
+            # directory is replaced by a fresh copy when its template changes.
+            lock_file = run_dir.with_name(f"{run_dir.name}.lock")
+            config = dataclasses.replace(config, lock_file=lock_file)
     return config
 
 
@@ -202,8 +203,10 @@ class Instances:
         instance). It is made before each start, belonging to ``user()``'s
         user when we are root. ``{run_dir}`` may start the ``pid()``,
         ``log()``, ``lock()``, ``cwd()`` and ``ping_unix()`` paths too; with
-        the PID file inside, the lock file defaults to the runtime directory.
-        ``.run_dir(path)`` uses that directory instead.
+        the PID file inside, the lock file defaults to ``<run_dir>.lock``,
+        beside it.
+        ``.run_dir(path)`` uses that directory instead (made if missing, in
+        a directory that exists).
         """
         value: Path | Literal["auto"] = "auto" if path == "auto" else absolute(path)
         return self._with(run_dir=value)
@@ -214,6 +217,7 @@ class Instances:
         *,
         inputs: Iterable[PathArg] = (),
         hardlinks: bool = False,
+        fresh: bool = False,
     ) -> Self:
         """Prepare the daemon's state once; each run directory starts as a copy of it.
 
@@ -221,10 +225,11 @@ class Instances:
         with ``{run_dir}`` standing for the template directory it fills:
         ``initdb -D {run_dir}/data``, a Redis dataset. A function is called
         with that directory. Each instance's run directory (``run_dir()``,
-        implied) starts as a copy. When the command or a file in ``inputs``
-        changes, the preparation runs again and run directories are copied
-        afresh at their next start. Preparing and copying are not counted
-        against ``start_timeout``.
+        implied) starts as a copy, and keeps its data from start to start
+        unless ``fresh``. When the command or a file in ``inputs`` changes,
+        the preparation runs again and run directories are copied afresh at
+        their next start. Preparing and copying are not counted against
+        ``start_timeout``.
 
         Args:
             command: A str (through the shell), an argv, or a function.
@@ -233,6 +238,8 @@ class Instances:
                 write a file in place (Redis replaces its dump file; never
                 PostgreSQL). Otherwise files are cloned where the filesystem
                 can (Btrfs, XFS), else copied.
+            fresh: Copy the template at every start (not at a restart): a
+                test suite starts from the prepared state each session.
         """
         what: Command | Callable[[Path], object]
         if callable(command):
@@ -240,7 +247,7 @@ class Instances:
         else:
             what = _options.command(self.name, "the preparation", command)
         paths = tuple(absolute(path) for path in inputs)
-        preparation = Preparation(what, paths, bool(hardlinks))
+        preparation = Preparation(what, paths, bool(hardlinks), bool(fresh))
         run_dir = self.config.run_dir or "auto"
         return self._with(prepare=preparation, run_dir=run_dir)
 

@@ -101,10 +101,13 @@ def _exhausted(target: StartTarget, tried: list[int], last: StartError) -> Start
     )
 
 
-def start(target: StartTarget, attempt: Callable[[StartTarget], None]) -> None:
+def start(
+    target: StartTarget, attempt: Callable[[StartTarget], None], *, restart: bool = False
+) -> None:
     """Start ``target`` with ``attempt``, given the target as each attempt sees it.
 
-    The caller holds the daemon's exclusive lock.
+    The caller holds the daemon's exclusive lock. A ``restart`` keeps the
+    run directory as it is, even for a preparation that wants it fresh.
 
     Raises:
         StartError: What the last attempt raised; or, when every chosen port
@@ -112,7 +115,7 @@ def start(target: StartTarget, attempt: Callable[[StartTarget], None]) -> None:
     """
     config = target.config
     if config.run_dir is not None:
-        _prepare.populate(target)
+        _prepare.populate(target, restart=restart)
     wanted = config.port
     if wanted is None:
         attempt(target)

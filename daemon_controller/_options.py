@@ -162,6 +162,9 @@ class Preparation:
         hardlinks: Copies share the template's files through hard links: only
             for daemons that never write a file in place (they write a new
             one and rename it over the old one).
+        fresh: Every start (a restart excepted) begins from a new copy, so
+            what a test suite wrote never outlives its session; otherwise
+            the run directory is kept until the template changes.
         template: Where the prepared templates are kept, one per fingerprint
             (``<template>-<fingerprint>``); filled in by ``Daemon.resolved()``.
     """
@@ -169,6 +172,7 @@ class Preparation:
     command: Command | Callable[[Path], object]
     inputs: tuple[Path, ...] = ()
     hardlinks: bool = False
+    fresh: bool = False
     template: Path | None = None
 
 

@@ -115,7 +115,7 @@ class _Copier:
             try:
                 if not (self.clone and _platform.clone_file(src, dst)):
                     self.clone = False
-                    _copy_bytes(src, dst)
+                    _copy_bytes(src, dst, info.st_size)
                 if hasattr(os, "fchmod"):
                     os.fchmod(dst, stat.S_IMODE(info.st_mode))
             finally:
@@ -147,16 +147,21 @@ class _Copier:
                 # Sockets, FIFOs and devices are not copied: a daemon makes them anew.
 
 
-def _copy_bytes(source: int, target: int) -> None:
+def _copy_bytes(source: int, target: int, size: int) -> None:
+    """Copy ``source`` to ``target``: ``size`` bytes, or more if it grew meanwhile."""
     copy_range = getattr(os, "copy_file_range", None)  # in the kernel, no trip through us
+    left = size
     while True:
         if copy_range is not None:
             try:
-                if copy_range(source, target, _CHUNK) == 0:
-                    return
-                continue
+                copied = copy_range(source, target, max(left, _CHUNK))
             except OSError:
                 copy_range = None  # not for these files: read and write
+            else:
+                left -= copied
+                if copied == 0 or left == 0:
+                    return
+                continue
         chunk = os.read(source, _CHUNK)
         if not chunk:
             return
@@ -275,11 +280,12 @@ def make_private(path: Path, user: str | None) -> None:
         _platform.give(path, _platform.user_ids(user))
 
 
-def populate(target: Target) -> None:
+def populate(target: Target, *, restart: bool = False) -> None:
     """Make the run directory ready for a start; the caller holds the daemon's lock.
 
     Without a preparation: the directory exists. With one: it is a copy of
-    the current template (copied now unless it already was).
+    the current template (copied now unless it already was, and unless the
+    preparation wants a ``fresh`` copy at each start that is not a ``restart``).
 
     Raises:
         StartError: The preparation failed, or the run directory holds
@@ -295,7 +301,7 @@ def populate(target: Target) -> None:
     prints = fingerprint(preparation, config.user)
     marker = target.files.prepared
     made_by_us = _read_marker(marker)
-    if made_by_us == prints and run_dir.is_dir():
+    if made_by_us == prints and run_dir.is_dir() and (restart or not preparation.fresh):
         return
     if made_by_us is None and run_dir.is_dir() and any(run_dir.iterdir()):
         msg = (

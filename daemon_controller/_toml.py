@@ -233,11 +233,11 @@ class _Reader:
         return "auto" if text == "auto" else self.base / text
 
     def prepare(self, daemon: Daemon, key: str, value: object) -> Daemon:
-        """``prepare = "command"`` (or a list), or a table: command, inputs, hardlinks."""
+        """``prepare = "command"`` (or a list), or a table: command, inputs, hardlinks, fresh."""
         options: dict[str, Any] = value if isinstance(value, dict) else {"command": value}
-        unknown = sorted(set(options) - {"command", "inputs", "hardlinks"})
+        unknown = sorted(set(options) - {"command", "inputs", "hardlinks", "fresh"})
         if unknown:
-            known = "known: command, inputs, hardlinks"
+            known = "known: command, inputs, hardlinks, fresh"
             raise self.fail(key, f"unknown key(s) {', '.join(unknown)} ({known})")
         if "command" not in options:
             raise self.fail(key, "needs a 'command'")
@@ -246,7 +246,9 @@ class _Reader:
         if not isinstance(inputs, list) or not all(isinstance(v, str) for v in inputs):
             raise self.fail(key, f"expected 'inputs' to be a list of paths, got {inputs!r}")
         hardlinks = self.flag(key, options.get("hardlinks", False))
-        return daemon.prepare(command, inputs=[self.base / v for v in inputs], hardlinks=hardlinks)
+        fresh = self.flag(key, options.get("fresh", False))
+        paths = [self.base / v for v in inputs]
+        return daemon.prepare(command, inputs=paths, hardlinks=hardlinks, fresh=fresh)
 
     def signal(self, key: str, value: object) -> str | int:
         if isinstance(value, int) and not isinstance(value, bool):

@@ -73,7 +73,7 @@ def test_run_dir_is_private_keyed_and_made_at_the_start(tmp_path, test_id, daemo
     resolved = one.resolved().config
     assert resolved.pid_file == run_dir / "echo.pid"
     assert resolved.lock_file is not None
-    assert not resolved.lock_file.is_relative_to(run_dir)  # the lock stays outside
+    assert resolved.lock_file == run_dir.with_name(f"{run_dir.name}.lock")  # beside, outside
     one.start()
     info = run_dir.lstat()
     assert stat.S_ISDIR(info.st_mode)
@@ -112,7 +112,7 @@ def test_zero_argument_before_start_still_works(tmp_path, test_id, daemons):
 
 
 def test_a_given_run_dir_is_made_private_and_filled_in(tmp_path, test_id, daemons):
-    where = tmp_path / "state" / "echo"
+    where = tmp_path / "state"  # made by the start; its parent must exist, as for PID files
     daemon = placed_echo("given dir", tmp_path, test_id).run_dir(where)
     daemons.append(daemon)
     daemon.start()
@@ -210,6 +210,20 @@ def test_data_survives_restarts_and_changed_inputs_prepare_again(tmp_path, test_
     assert not (data / "written.txt").exists()  # copied afresh from the new template
     base = daemon.resolved().config.prepare.template
     assert len([p for p in base.parent.glob(f"{base.name}-*") if p.is_dir()]) == 1
+
+
+def test_a_fresh_preparation_copies_at_every_start_but_not_at_a_restart(tmp_path, test_id, daemons):
+    daemon = prepared_echo("fresh", tmp_path, test_id).prepare("mkdir {run_dir}/data", fresh=True)
+    daemons.append(daemon)
+    daemon.start()
+    written = run_dir_of(daemon) / "data" / "written.txt"
+    written.write_text("by a test\n")
+    daemon.restart()
+    assert written.exists()  # a restart is the same session: the data stays
+    daemon.stop()
+    daemon.start()
+    assert not written.exists()  # a new start begins from the prepared state
+    assert (run_dir_of(daemon) / "data").is_dir()
 
 
 def test_preparation_runs_once_for_four_processes(tmp_path, test_id, daemons, child):
@@ -359,7 +373,7 @@ def test_toml_run_dir_and_prepare_keys(tmp_path):
         pid = "run/t.pid"
         log = "run/t.log"
         run_dir = "state/t"
-        prepare = { command = ["load", "{run_dir}"], inputs = ["schema.sql"], hardlinks = true }
+        prepare = { command = ["load", "{run_dir}"], inputs = ["schema.sql"], fresh = true }
         """)
     )
     daemons = load(tmp_path / "daemons.toml")
@@ -372,7 +386,8 @@ def test_toml_run_dir_and_prepare_keys(tmp_path):
     assert table.config.run_dir == tmp_path / "state" / "t"
     assert table.config.prepare.command == ("load", "{run_dir}")
     assert table.config.prepare.inputs == (tmp_path / "schema.sql",)
-    assert table.config.prepare.hardlinks is True
+    assert table.config.prepare.fresh is True
+    assert table.config.prepare.hardlinks is False
 
 
 @pytest.mark.parametrize(

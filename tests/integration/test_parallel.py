@@ -93,6 +93,7 @@ def database() -> Daemon:
             f" > /dev/null && {BIN}/postgres --single -D {{run_dir}}/data -c fsync=off"
             " postgres < schema.sql > /dev/null",
             inputs=[HERE / "schema.sql"],
+            fresh=True,
         )
         .start_with([
             f"{BIN}/postgres", "-D", "{run_dir}/data", "-k", "{run_dir}", "-p", "{port}",
@@ -152,7 +153,7 @@ def database() -> Daemon:
     return (
         Daemon("suite redis")
         .port()
-        .prepare(DATASET, hardlinks=True)
+        .prepare(DATASET, hardlinks=True, fresh=True)
         .start_with([
             "redis-server", "--port", "{port}", "--bind", "127.0.0.1", "--dir", "{run_dir}",
             "--daemonize", "yes", "--pidfile", "{run_dir}/redis.pid",
