@@ -22,12 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import os
-import shutil
 import stat
-import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,6 +33,8 @@ from ._files import atomic_write
 from ._options import RUN_DIR, command_text
 
 if TYPE_CHECKING:
+    import hashlib
+
     from ._options import DaemonConfig, Preparation, Target
 
 #: pytest shows our errors without our frames (see ``_errors.hide_frames``).
@@ -51,6 +49,17 @@ _OPEN_COPY = (
     | getattr(os, "O_CLOEXEC", 0)
 )
 _CHUNK = 1 << 20
+
+
+def _token() -> str:
+    """A suffix for a temporary name beside the real one."""
+    return os.urandom(4).hex()
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil  # noqa: PLC0415 - import time is benchmarked; only prepare() needs it
+
+    shutil.rmtree(path, ignore_errors=True)
 
 
 # -- fingerprints -------------------------------------------------------------------------
@@ -74,6 +83,8 @@ def fingerprint(preparation: Preparation, user: str | None) -> str:
 
     A function as command counts by its module, name and compiled body.
     """
+    import hashlib  # noqa: PLC0415 - import time is benchmarked; only starts with prepare() need it
+
     digest = hashlib.sha256()
     command = preparation.command
     if callable(command):
@@ -94,12 +105,14 @@ def fingerprint(preparation: Preparation, user: str | None) -> str:
 # -- copies -------------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
 class _Copier:
     """How files are copied; each way is given up after the filesystem refuses it once."""
 
-    link: bool
-    clone: bool = True
+    __slots__ = ("clone", "link")
+
+    def __init__(self, *, link: bool) -> None:
+        self.link = link
+        self.clone = True
 
     def file(self, source: str, target: str, info: os.stat_result) -> None:
         if self.link:
@@ -182,7 +195,7 @@ def copy_tree(source: Path, target: Path, *, hardlinks: bool = False) -> None:
         _Copier(link=hardlinks).tree(str(source), str(target))
         _platform.keep_owner(str(target), os.lstat(source))
     except BaseException:
-        shutil.rmtree(target, ignore_errors=True)
+        _remove_tree(target)
         raise
 
 
@@ -247,15 +260,15 @@ def template(name: str, config: DaemonConfig, preparation: Preparation, prints: 
             return ready  # prepared by whoever held the lock before us
         for old in base.parent.glob(f"{base.name}-*"):
             if old.is_dir() and not old.is_symlink():
-                shutil.rmtree(old, ignore_errors=True)
-        partial = base.with_name(f"{base.name}.partial-{uuid.uuid4().hex[:8]}")
+                _remove_tree(old)
+        partial = base.with_name(f"{base.name}.partial-{_token()}")
         partial.mkdir(mode=0o700)
         try:
             _platform.give(partial, _platform.user_ids(config.user))
             _prepare_into(name, config, preparation, partial)
             partial.rename(ready)
         except BaseException:
-            shutil.rmtree(partial, ignore_errors=True)
+            _remove_tree(partial)
             raise
     finally:
         held.release()
@@ -313,16 +326,16 @@ def populate(target: Target, *, restart: bool = False) -> None:
     source = template(target.name, config, preparation, prints)
     config.logger.info("Daemon '%s': run directory %s copied from %s", target.name, run_dir, source)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    fresh = run_dir.with_name(f".{run_dir.name}.new-{uuid.uuid4().hex[:8]}")
+    fresh = run_dir.with_name(f".{run_dir.name}.new-{_token()}")
     held = _lock.acquire(_template_lock(_base(target.name, preparation)), target.name, shared=True)
     try:
         copy_tree(source, fresh, hardlinks=preparation.hardlinks)
     finally:
         if held is not None:
             held.release()
-    old = run_dir.with_name(f".{run_dir.name}.old-{uuid.uuid4().hex[:8]}")
+    old = run_dir.with_name(f".{run_dir.name}.old-{_token()}")
     if run_dir.is_dir():
         run_dir.rename(old)
     fresh.rename(run_dir)
     atomic_write(marker, f"{prints}\n".encode())
-    shutil.rmtree(old, ignore_errors=True)
+    _remove_tree(old)
