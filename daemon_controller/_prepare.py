@@ -117,7 +117,7 @@ class _Copier:
     def file(self, source: str, target: str, info: os.stat_result) -> None:
         if self.link:
             try:
-                os.link(source, target, follow_symlinks=False)
+                os.link(source, target)  # a regular file: no symlink to follow
             except OSError:
                 self.link = False  # another filesystem, or links not allowed: copy
             else:
