@@ -9,6 +9,10 @@ file's name is the stem of the library's side files:
 * ``<lock>.port`` — the TCP port chosen for the daemon when it started;
 * ``<lock>.prepared`` — which prepared template its run directory was copied from.
 
+And :func:`read_tail`, for the end of a file someone else writes (a daemon's
+log): it may be missing, a FIFO (opening one for reading blocks until a writer
+appears), a device, or grow without end.
+
 Everything here is below the rest of the library: no module of ours is
 imported, so every layer can use it.
 """
@@ -29,7 +33,14 @@ if TYPE_CHECKING:
 #: At most this much of a file's text is kept for a message (a log tail).
 TAIL_LIMIT = 64 * 1024
 
-_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+# O_NONBLOCK: a FIFO planted at the path must not hang the open. O_BINARY: no
+# newline translation on Windows, so offsets are byte offsets.
+_READ_FLAGS = (
+    os.O_RDONLY
+    | getattr(os, "O_NONBLOCK", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+    | getattr(os, "O_BINARY", 0)
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,52 +112,60 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:
 
 
 def read_tail(
-    path: Path | str,
+    path: str | Path,
     *,
     since: int | None = None,
     inode: int | None = None,
     limit: int = TAIL_LIMIT,
 ) -> str | None:
-    """The text of a regular file after byte ``since``, at most its last ``limit`` bytes.
-
-    Opened without blocking, so a FIFO planted where a log should be never
-    hangs us; only regular files are read.
+    """The end of the regular file ``path``, decoded as UTF-8 (bad bytes replaced).
 
     Args:
         path: The file.
-        since: Read from this offset (``None``: from the start). A file now
-            shorter than that, or not the file ``inode`` names any more (log
-            rotation replaced it), is read from its start: all of it is new.
-        inode: The inode the file had when ``since`` was taken.
-        limit: Read at most this many bytes: the last ones.
+        since: A byte offset, typically the file's size taken earlier: return
+            what was written after it. A file now shorter than ``since`` was
+            truncated or replaced (log rotation), so all of it counts as new.
+            ``None``: the end of the file, whatever came before.
+        inode: The file's inode when ``since`` was taken: a file at ``path``
+            with another inode replaced it (log rotation), so all of it is new.
+        limit: At most this many bytes are read, the last ones: with ``since``,
+            the last ``limit`` bytes of what came after it. A cut may fall
+            inside a line or a multi-byte character. ``0`` reads nothing.
 
     Returns:
-        The text (undecodable bytes replaced), ``""`` for a missing file, or
-        ``None`` for something that is not a readable regular file.
+        The text (``""`` when there is nothing new), or ``None`` when ``path``
+        is not a regular file that can be read: missing, a directory, a FIFO, a
+        device, or not readable by us.
+
+    Raises:
+        ValueError: ``limit`` or ``since`` is negative.
     """
+    if limit < 0 or (since is not None and since < 0):
+        msg = f"limit and since must be 0 or more, not {limit} and {since}"
+        raise ValueError(msg)
     try:
+        # Look before opening: opening some devices has effects of its own.
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
         fd = os.open(path, _READ_FLAGS)
-    except FileNotFoundError:
-        return ""
     except OSError:
         return None
     try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
+        if not stat.S_ISREG(info.st_mode):  # replaced between the stat and the open
             return None
-        start = since or 0
-        if info.st_size < start or (inode is not None and info.st_ino != inode):
-            start = 0
+        replaced = inode is not None and info.st_ino != inode
+        start = 0 if since is None or since > info.st_size or replaced else since
         start = max(start, info.st_size - limit)
         os.lseek(fd, start, os.SEEK_SET)
         chunks: list[bytes] = []
-        left = limit
-        while left > 0:
-            chunk = os.read(fd, left)
+        wanted = min(limit, info.st_size - start)  # the file may grow meanwhile: not past the cap
+        while wanted > 0:
+            chunk = os.read(fd, wanted)
             if not chunk:
                 break
             chunks.append(chunk)
-            left -= len(chunk)
+            wanted -= len(chunk)
     except OSError:
         return None
     finally:

@@ -62,4 +62,7 @@ class LogWatch:
         """What was appended since the start began (its last 64 KiB), or ``None``."""
         if not self.readable:
             return None
-        return read_tail(self.path, since=self.offset, inode=self.inode)
+        text = read_tail(self.path, since=self.offset, inode=self.inode)
+        if text is None and self._stat() is None:
+            return ""  # no log (yet): nothing was written to it
+        return text

@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 _UNRUNNABLE = frozenset({errno.ENOENT, errno.EACCES, errno.ENOEXEC, errno.ENOTDIR})
 _SHELL_UNRUNNABLE = frozenset({126, 127})
 
+#: How many layers of wrapping is_connect_error() looks through.
+_MAX_WRAPPING = 5
+
 _CONNECT_ERRNOS = frozenset(
     {errno.ENETUNREACH, errno.EADDRNOTAVAIL, errno.EINVAL, errno.EHOSTUNREACH},
 )
@@ -38,18 +41,31 @@ def is_connect_error(exc: BaseException) -> bool:
 
     These are the errors the Ruby gem treats as "not running": refused, reset,
     timed out, no such socket file, network or address unavailable, and EINVAL
-    (what some systems report for a connect to a half-closed socket).
+    (what some systems report for a connect to a half-closed socket). Client
+    libraries often wrap them (``urllib``'s ``URLError`` keeps the socket
+    error as ``reason``; others chain it as the cause): the wrapped error
+    counts.
     """
-    if isinstance(
-        exc,
-        ConnectionRefusedError
-        | ConnectionResetError
-        | ConnectionAbortedError
-        | TimeoutError
-        | FileNotFoundError,
-    ):
-        return True
-    return isinstance(exc, OSError) and exc.errno in _CONNECT_ERRNOS
+    for _ in range(_MAX_WRAPPING):
+        if isinstance(
+            exc,
+            ConnectionRefusedError
+            | ConnectionResetError
+            | ConnectionAbortedError
+            | TimeoutError
+            | FileNotFoundError,
+        ) or (isinstance(exc, OSError) and exc.errno in _CONNECT_ERRNOS):
+            return True
+        reason = getattr(exc, "reason", None)
+        inner = reason if isinstance(reason, BaseException) else exc.__cause__
+        if inner is None and getattr(exc, "errno", None) is None:
+            # A wrapper raised while handling the real error (requests does
+            # this); an error with an errno of its own is a real one.
+            inner = exc.__context__
+        if inner is None:
+            return False
+        exc = inner
+    return False
 
 
 class PingUnusable(Exception):

@@ -51,6 +51,9 @@ LAYERS = [
     "_decorators",
     "_toml",
     # the faces
+    "_cli_output",
+    "_cli_plan",
+    "_cli_commands",
     "_cli",
     "pytest_plugin",
     "__main__",
