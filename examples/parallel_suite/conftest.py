@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 
 from daemon_controller import Daemon
-
-if TYPE_CHECKING:
-    from collections.abc import Iterator
+from daemon_controller.pytest_plugin import daemon_fixture
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))  # initdb, postgres...
@@ -37,13 +34,8 @@ database = (
 if os.geteuid() == 0:  # PostgreSQL refuses to run as root
     database = database.user("postgres")
 
-
-@pytest.fixture(scope="session")
-def db() -> Iterator[Daemon]:
-    """This worker's PostgreSQL ("gw0", "gw1"...; one instance without xdist)."""
-    instance = database.for_worker()
-    with instance.running():
-        yield instance
+# Each xdist worker ("gw0", "gw1"...) gets its own instance; without xdist, one.
+db = daemon_fixture("db", database, scope="session", per_worker=True)
 
 
 @pytest.fixture

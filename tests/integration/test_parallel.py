@@ -3,8 +3,8 @@
 Each case writes a small project (a daemon description, a ``conftest.py``
 and a test module) and runs pytest on it in a subprocess, twice:
 
-* **per worker**: a session fixture entering ``database().for_worker()``:
-  four workers get four instances, on four ports chosen at start, each with
+* **per worker**: ``daemon_fixture(..., per_worker=True)``: four workers
+  get four instances, on four ports chosen at start, each with
   its own run directory copied from one prepared template (``initdb`` plus
   a schema, or a Redis dataset, prepared once); every worker sees the
   template's seed data and only its own writes;
@@ -36,21 +36,12 @@ WORKERS = 4
 CONFTEST = """
 import os
 
-import pytest
 from suite_daemon import database
 
 from daemon_controller.pytest_plugin import daemon_fixture
 
-if os.environ["SUITE_MODE"] == "per_worker":
-
-    @pytest.fixture(scope="session")
-    def db():
-        daemon = database().for_worker()  # this worker's own instance
-        with daemon.running():
-            yield daemon
-
-else:
-    db = daemon_fixture("db", database(), scope="session")
+per_worker = os.environ["SUITE_MODE"] == "per_worker"
+db = daemon_fixture("db", database(), scope="session", per_worker=per_worker)
 """
 
 TESTS = """
