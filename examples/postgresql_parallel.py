@@ -43,7 +43,7 @@ PG_USER = "postgres"
 
 def copy_suite() -> Path:
     """The suite in a fresh directory that PostgreSQL (maybe another user) may read."""
-    project = Path(tempfile.mkdtemp(prefix="dc-postgresql-parallel-"))
+    project = Path(tempfile.mkdtemp(prefix="dc-pg-parallel-"))
     for name in ("conftest.py", "test_accounts.py", "schema.sql"):
         shutil.copyfile(SUITE / name, project / name)
     project.chmod(0o755)

@@ -152,7 +152,7 @@ def test_every_example_says_how_to_run_it(name):
 def test_postgresql_parallel(pg, pg_user):
     output = check(
         "postgresql_parallel.py",
-        "dc-postgresql-parallel-",
+        "dc-pg-parallel-",
         "1. pytest -n 4: 8 passed",
         "2. pytest -n 4: 8 passed",
         "OK",
