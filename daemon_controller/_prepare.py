@@ -258,9 +258,11 @@ def template(name: str, config: DaemonConfig, preparation: Preparation, prints: 
     try:
         if ready.is_dir():
             return ready  # prepared by whoever held the lock before us
-        for old in base.parent.glob(f"{base.name}-*"):
-            if old.is_dir() and not old.is_symlink():
-                _remove_tree(old)
+        # Other fingerprints' templates, and what a preparation killed midway left.
+        for pattern in (f"{base.name}-*", f"{base.name}.partial-*"):
+            for old in base.parent.glob(pattern):
+                if old.is_dir() and not old.is_symlink():
+                    _remove_tree(old)
         partial = base.with_name(f"{base.name}.partial-{_token()}")
         partial.mkdir(mode=0o700)
         try:
@@ -276,6 +278,29 @@ def template(name: str, config: DaemonConfig, preparation: Preparation, prints: 
 
 
 # -- the run directory --------------------------------------------------------------------
+
+
+def _copy_template(
+    name: str, config: DaemonConfig, preparation: Preparation, prints: str, into: Path
+) -> None:
+    """Copy the template for ``prints`` to ``into``, preparing it first if needed.
+
+    The copy holds the template lock shared, so no preparation of other
+    inputs removes the template meanwhile; one that did so just before is
+    noticed, and the template prepared again.
+    """
+    lock = _template_lock(_base(name, preparation))
+    while True:
+        source = template(name, config, preparation, prints)
+        held = _lock.acquire(lock, name, shared=True)
+        try:
+            if source.is_dir():
+                config.logger.info("Daemon '%s': run directory copied from %s", name, source)
+                copy_tree(source, into, hardlinks=preparation.hardlinks)
+                return
+        finally:
+            if held is not None:
+                held.release()
 
 
 def _read_marker(path: Path) -> str | None:
@@ -323,16 +348,12 @@ def populate(target: Target, *, restart: bool = False) -> None:
             "the next start copies the template there."
         )
         raise StartError(target.name, msg, ran=False)
-    source = template(target.name, config, preparation, prints)
-    config.logger.info("Daemon '%s': run directory %s copied from %s", target.name, run_dir, source)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
+    for pattern in (f".{run_dir.name}.new-*", f".{run_dir.name}.old-*"):
+        for leftover in run_dir.parent.glob(pattern):  # of a copy interrupted midway
+            _remove_tree(leftover)
     fresh = run_dir.with_name(f".{run_dir.name}.new-{_token()}")
-    held = _lock.acquire(_template_lock(_base(target.name, preparation)), target.name, shared=True)
-    try:
-        copy_tree(source, fresh, hardlinks=preparation.hardlinks)
-    finally:
-        if held is not None:
-            held.release()
+    _copy_template(target.name, config, preparation, prints, fresh)
     old = run_dir.with_name(f".{run_dir.name}.old-{_token()}")
     if run_dir.is_dir():
         run_dir.rename(old)

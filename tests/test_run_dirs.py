@@ -226,6 +226,24 @@ def test_a_fresh_preparation_copies_at_every_start_but_not_at_a_restart(tmp_path
     assert (run_dir_of(daemon) / "data").is_dir()
 
 
+def test_what_an_interrupted_copy_or_preparation_left_is_removed(tmp_path, test_id, daemons):
+    daemon = prepared_echo("tidy", tmp_path, test_id)
+    daemons.append(daemon)
+    run_dir = run_dir_of(daemon)
+    template = daemon.resolved().config.prepare.template
+    leftovers = [
+        run_dir.with_name(f".{run_dir.name}.new-dead"),
+        run_dir.with_name(f".{run_dir.name}.old-dead"),
+        template.with_name(f"{template.name}.partial-dead"),
+        template.with_name(f"{template.name}-0123456789abcdef"),  # other inputs, long ago
+    ]
+    for path in leftovers:
+        (path / "data").mkdir(parents=True)
+    daemon.start()
+    assert [path for path in leftovers if path.exists()] == []
+    assert (run_dir / "data" / "seed.txt").exists()
+
+
 def test_preparation_runs_once_for_four_processes(tmp_path, test_id, daemons, child):
     script = textwrap.dedent("""
         from pathlib import Path
