@@ -20,6 +20,7 @@ after the wake-up).
     python benchmarks/run.py --compare    # also mirakuru 3.x, same daemon, same runs
     python benchmarks/run.py --json       # machine-readable
     python benchmarks/run.py --runs 40    # more samples
+    python benchmarks/run.py --only port,postgresql   # some figures only
 
 ``--compare`` needs ``pip install mirakuru``.
 """
@@ -34,6 +35,7 @@ import multiprocessing
 import os
 import platform
 import resource
+import shutil
 import socket
 import statistics
 import subprocess
@@ -52,8 +54,16 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE.parent))
 
 from echo_server import echo_command, free_port  # noqa: E402
+from runtime_files import forget  # noqa: E402
 
-from daemon_controller import Daemon, StartError, _pidfile, _platform, all_running  # noqa: E402
+from daemon_controller import (  # noqa: E402
+    Daemon,
+    StartError,
+    _launch,
+    _pidfile,
+    _platform,
+    all_running,
+)
 
 MS = 1000.0
 
@@ -311,6 +321,180 @@ def bench_concurrent_connect(root: Path, rounds: int, starts: Figure, last: Figu
         s.daemon().stop()
 
 
+class PortStamp:
+    """How long start() spends choosing, recording and filling in the port. Benchmark-only.
+
+    Wraps the three steps the library adds to a start of a daemon with
+    ``port()`` (choose a free port, record it, fill ``{port}`` in) and adds
+    up their time, in the process and on the clock of the start itself.
+    """
+
+    def __init__(self) -> None:
+        self.spent = 0.0
+        self._saved: list[tuple[Any, str, Any]] = []
+
+    def _timed(self, owner: Any, name: str) -> None:  # noqa: ANN401 - a module
+        original = getattr(owner, name)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:  # noqa: ANN401 - passes through
+            began = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.spent += time.perf_counter() - began
+
+        self._saved.append((owner, name, original))
+        setattr(owner, name, timed)
+
+    def __enter__(self) -> Self:
+        self._timed(_launch._ports, "choose")  # noqa: SLF001 - instrumentation
+        self._timed(_launch, "_record")
+        self._timed(_launch._templates, "bind_port")  # noqa: SLF001 - instrumentation
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for owner, name, original in reversed(self._saved):
+            setattr(owner, name, original)
+
+
+def bench_port_overhead(root: Path, runs: int, figure: Figure) -> None:
+    for n in range(runs):
+        s = Scratch(root, n)
+        daemon = (
+            Daemon("bench ported echo")
+            .port()
+            .start_with(
+                echo_command("--port", "{port}", "--pid-file", str(s.pid), "--log-file", str(s.log))
+            )
+            .ping_tcp("127.0.0.1", "{port}")
+            .pid(s.pid)
+            .log(s.log)
+            .start_timeout(20)
+        )
+        daemon.is_running()  # warm: the lock file and the resolved description
+        with PortStamp() as stamp:
+            daemon.start()
+        daemon.stop()
+        figure.samples.append(stamp.spent * MS)
+
+
+# -- PostgreSQL instances from a prepared template ------------------------------------------------
+
+
+def pg_bindir() -> Path | None:
+    for pattern in ("/usr/lib/postgresql/*/bin", "/usr/pgsql-*/bin", "/usr/local/pgsql/bin"):
+        for candidate in sorted(Path("/").glob(pattern.lstrip("/")), reverse=True):
+            if all((candidate / p).exists() for p in ("initdb", "postgres", "pg_isready")):
+                return candidate
+    return None
+
+
+def postgresql(bindir: Path, project: Path) -> Daemon:
+    """A PostgreSQL per instance: port chosen at start, data copied from one initdb."""
+    initdb = [str(bindir / "initdb"), "-D", "{run_dir}/data", "-U", "postgres", "-A", "trust"]
+    server = [str(bindir / "postgres"), "-D", "{run_dir}/data", "-k", "{run_dir}", "-p", "{port}"]
+    daemon = (
+        Daemon("bench postgresql")
+        .port()
+        .prepare([*initdb, "--no-sync", "--wal-segsize=1"])
+        .start_with([*server, "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+        .foreground()
+        .stop_signal("INT")
+        .pid("{run_dir}/data/postmaster.pid")
+        .ping_command([str(bindir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", "{port}"])
+        .cwd(project)
+        .start_timeout(120)
+    )
+    return daemon.user("postgres") if os.geteuid() == 0 else daemon
+
+
+def _pg_worker(args: tuple[str, str, str, Any, Any, Any]) -> None:
+    bindir, project, worker, ready, go, out = args
+    daemon = postgresql(Path(bindir), Path(project)).for_worker(worker)
+    daemon.is_running()  # warm: imports, the lock file, the resolved description
+    ready.put(worker)
+    go.wait(120)
+    daemon.start()
+    out.put(time.monotonic())
+
+
+def _pg_round(bindir: Path, project: Path, workers: list[str]) -> float:
+    """Start one instance per worker process at once; seconds until the last is ready."""
+    context = multiprocessing.get_context("spawn")
+    ready, go, out = context.Queue(), context.Event(), context.Queue()
+    procs = [
+        context.Process(target=_pg_worker, args=((str(bindir), str(project), w, ready, go, out),))
+        for w in workers
+    ]
+    for p in procs:
+        p.start()
+    try:
+        for _ in procs:
+            ready.get(timeout=120)
+        began = time.monotonic()
+        go.set()
+        last = max(out.get(timeout=180) for _ in procs)
+    finally:
+        for p in procs:
+            p.join(60)
+        base = postgresql(bindir, project)
+        for w in workers:
+            instance = base.for_worker(w)
+            instance.stop()
+            forget_run_dir(instance)
+    return last - began
+
+
+def forget_run_dir(daemon: Daemon) -> None:
+    """Remove an instance's run directory, so that its next start copies the template."""
+    run_dir = daemon.resolved().config.run_dir
+    if isinstance(run_dir, Path):
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def filesystem(path: Path) -> str:
+    """The type of the filesystem ``path`` is on (``"tmpfs"``, ``"ext4"``...), or ``"?"``."""
+    best, kind = "", "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/mounts").read_text().splitlines():
+            fields = line.split()
+            mount = fields[1].replace("\\040", " ")
+            inside = str(path) == mount or str(path).startswith(mount.rstrip("/") + "/")
+            if len(fields) > 2 and inside and len(mount) > len(best):
+                best, kind = mount, fields[2]
+    return kind
+
+
+def bench_pg_instances(rounds: int, one: Figure, four: Figure, ratio: Figure) -> None:
+    bindir = pg_bindir()
+    if bindir is None:
+        for figure in (one, four, ratio):
+            figure.note = "PostgreSQL is not installed"
+        return
+    project = Path(tempfile.mkdtemp(prefix="dc-bench-pg-"))
+    base = postgresql(bindir, project)
+    # The copies cost what creating files costs there: ~7 us each on tmpfs,
+    # ~1 ms on this project's VM's ext4. Say which it was.
+    run_dir = base.resolved().config.run_dir
+    where = filesystem(run_dir.parent) if isinstance(run_dir, Path) else "?"
+    for figure in (one, four):
+        figure.name += f" ({where})"
+    try:
+        base.start()  # prepares the template (initdb, once): not measured
+        base.stop()
+        for _ in range(rounds):
+            single = _pg_round(bindir, project, ["b0"])
+            together = _pg_round(bindir, project, [f"b{i}" for i in range(4)])
+            one.samples.append(single * MS)
+            four.samples.append(together * MS)
+            ratio.samples.append(together / single)
+    finally:
+        for instance in (base, *(base.for_worker(f"b{i}") for i in range(4))):
+            instance.stop()
+            forget(instance)
+        shutil.rmtree(project, ignore_errors=True)
+
+
 def bench_import(runs: int, figure: Figure) -> None:
     # As installed packages run: with their bytecode cached (pip compiles it at
     # install time). PYTHONDONTWRITEBYTECODE would make every run recompile.
@@ -548,11 +732,54 @@ def print_table(figures: list[Figure], compare: bool) -> None:
             print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
 
 
+def measure(root: Path, groups: set[str], runs: int, figs: dict[str, Figure]) -> None:
+    """Take the figures of ``groups``, with scratch directories under ``root``."""
+    if "start" in groups:
+        (root / "a").mkdir()
+        bench_start_stop(root / "a", runs, figs)
+    if "failures" in groups:
+        for key, args in [
+            ("fail_before", ("--exit-before-daemonize", "3")),
+            ("die_after_pid", ("--exit-after-pid", "3")),
+            ("die_after_daemonize", ("--exit-after-daemonize", "1")),
+        ]:
+            (root / key).mkdir()
+            bench_failure(root / key, runs, figs[key], *args)
+    if "hot" in groups:
+        (root / "hot").mkdir()
+        bench_hot_paths(root / "hot", figs["is_running"], figs["connect"])
+    if "connect" in groups:
+        (root / "conc").mkdir()
+        bench_concurrent_connect(root / "conc", max(3, runs // 4), figs["starts"], figs["last"])
+    if "import" in groups:
+        bench_import(runs, figs["import"])
+    if "port" in groups:
+        (root / "port").mkdir()
+        bench_port_overhead(root / "port", runs, figs["port"])
+    if "postgresql" in groups:
+        pg_figures = figs["pg_one"], figs["pg_four"], figs["pg_ratio"]
+        bench_pg_instances(max(3, runs // 4), *pg_figures)
+    if "asyncio" in groups:
+        (root / "cancel").mkdir()
+        bench_cancel(root / "cancel", runs, figs["cancel"])
+        (root / "lag").mkdir()
+        bench_loop_lag(root / "lag", runs, figs)
+        (root / "together").mkdir()
+        bench_together(root / "together", runs, figs)
+
+
+#: The groups of figures --only can choose from.
+GROUPS = ("start", "failures", "hot", "connect", "import", "asyncio", "port", "postgresql")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=20, help="samples per figure (default 20)")
     parser.add_argument("--compare", action="store_true", help="also measure mirakuru")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--only", metavar="GROUPS", help=f"comma-separated, of: {', '.join(GROUPS)} (default all)"
+    )
     options = parser.parse_args()
     runs = options.runs
 
@@ -580,29 +807,20 @@ def main() -> int:
         "together": Figure("4 daemons ready 0.3 s after the call, all_running()", "s", "<= 0.4"),
         "together_daemons": Figure("  daemons: call - last one listening", "s", "-"),
         "together_ours": Figure("  ours: last one listening - return", "ms", "-"),
+        "port": Figure("port chosen and recorded: overhead on start()", "ms", "<= 1"),
+        "pg_one": Figure("PostgreSQL from its template: 1 instance, until ready", "ms", "-"),
+        "pg_four": Figure(
+            "PostgreSQL from its template: 4 per-worker instances, until all ready", "ms", "-"
+        ),
+        "pg_ratio": Figure("  4 instances / 1 instance", "ratio", "<= 1.5"),
     }
+    groups = set(options.only.split(",")) if options.only else set(GROUPS)
+    unknown = groups - set(GROUPS)
+    if unknown:
+        parser.error(f"--only: unknown group(s) {', '.join(sorted(unknown))}")
     with tempfile.TemporaryDirectory(prefix="dc-bench-") as tmp:
         root = Path(tmp)
-        (root / "a").mkdir()
-        bench_start_stop(root / "a", runs, figs)
-        for key, args in [
-            ("fail_before", ("--exit-before-daemonize", "3")),
-            ("die_after_pid", ("--exit-after-pid", "3")),
-            ("die_after_daemonize", ("--exit-after-daemonize", "1")),
-        ]:
-            (root / key).mkdir()
-            bench_failure(root / key, runs, figs[key], *args)
-        (root / "hot").mkdir()
-        bench_hot_paths(root / "hot", figs["is_running"], figs["connect"])
-        (root / "conc").mkdir()
-        bench_concurrent_connect(root / "conc", max(3, runs // 4), figs["starts"], figs["last"])
-        bench_import(runs, figs["import"])
-        (root / "cancel").mkdir()
-        bench_cancel(root / "cancel", runs, figs["cancel"])
-        (root / "lag").mkdir()
-        bench_loop_lag(root / "lag", runs, figs)
-        (root / "together").mkdir()
-        bench_together(root / "together", runs, figs)
+        measure(root, groups, runs, figs)
         if options.compare:
             (root / "mk").mkdir()
             compare_mirakuru(root / "mk", runs, figs)

@@ -16,9 +16,22 @@ runs is aborted; a stop, once under way, finishes.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, TypeVar
 
-from . import _cancel, _commands, _failures, _lock, _options, _ownership, _pidfile, _stop
+from . import (
+    _cancel,
+    _commands,
+    _failures,
+    _launch,
+    _lock,
+    _options,
+    _ownership,
+    _pidfile,
+    _ports,
+    _stop,
+    _templates,
+)
 from ._errors import AlreadyStarted, ConnectError, StartError, StartTimeout, hide_frames
 from ._probes import PingUnusable, has_address, holder, is_connect_error
 from ._start import Start
@@ -34,6 +47,7 @@ if TYPE_CHECKING:
 __tracebackhide__ = hide_frames
 
 T = TypeVar("T")
+T_Target = TypeVar("T_Target", bound="Target")
 
 #: How often connect() tries the lock without queueing before it queues.
 _CONNECT_ROUNDS = 20
@@ -71,8 +85,17 @@ def _refuse_stranger(target: StartTarget) -> None:
     raise StartError(target.name, msg, reason="address in use", ran=False)
 
 
-def start_locked(target: StartTarget) -> None:
-    """Start the daemon; the caller holds the exclusive lock."""
+def _start_attempt(target: StartTarget) -> None:
+    """One attempt, as ``_launch`` hands it over: port chosen, placeholders filled in."""
+    _refuse_stranger(target)
+    if target.before_start is not None:
+        target.before_start(target.config)
+    _cancel.check()  # nothing spawned yet: nothing to abort
+    Start(target, _start_command(target), SYSTEM_CLOCK).run()
+
+
+def start_locked(target: StartTarget, *, restart: bool = False) -> None:
+    """Start the daemon; the caller holds the exclusive lock (``restart``: after a stop)."""
     pid_file = target.files.pid
     running = _pidfile.live(target)
     if running is not None:
@@ -86,11 +109,7 @@ def start_locked(target: StartTarget) -> None:
         raise StartError(target.name, msg, ran=False)
     _stop.leftovers(target, SYSTEM_CLOCK)  # of a start whose controller was killed
     _pidfile.remove(pid_file)  # leftover from a crash, or stale
-    _refuse_stranger(target)
-    if target.config.before_start is not None:
-        target.config.before_start()
-    _cancel.check()  # nothing spawned yet: nothing to abort
-    Start(target, _start_command(target), SYSTEM_CLOCK).run()
+    _launch.start(target, _start_attempt, restart=restart)
 
 
 def start(target: StartTarget) -> None:
@@ -146,18 +165,55 @@ def ensure_running(target: StartTarget, since: int) -> bool:
 # -- stop and restart -------------------------------------------------------------------------
 
 
+def recorded_port(target: Target) -> int | None:
+    """The port the daemon was started with (recorded then), or its fixed one."""
+    port = target.config.port
+    if port is None:
+        return None
+    recorded = _ports.read(target.files.port)
+    return recorded if recorded is not None or port == "auto" else port
+
+
+def started(target: T_Target) -> T_Target:
+    """``target`` with ``{port}`` filled in as its running daemon was started.
+
+    With no port known (the daemon never started), a stop command using
+    ``{port}`` cannot be run: the daemon's PID is signalled instead.
+    """
+    bound = _templates.bind_port(target, recorded_port(target))
+    stop_command = bound.config.stop_command
+    if stop_command is not None and _options.PORT in _options.command_text(stop_command):
+        bound.config.logger.info(
+            "Daemon '%s': no recorded port for its stop command; signalling it", target.name
+        )
+        bound = replace(bound, config=replace(bound.config, stop_command=None))
+    return bound
+
+
+def _with_recorded_port(
+    target: Target, command: Command, probe: Probe
+) -> tuple[Target, Command, Probe]:
+    """A restart command and its ping with ``{port}`` filled in, as the daemon runs."""
+    port = recorded_port(target)
+    if port is None:
+        return target, command, probe
+    values = {_options.PORT: str(port)}
+    filled = _templates.fill_probe(probe, values) or probe
+    return started(target), _templates.fill_command(command, values), filled
+
+
 def stop(target: Target) -> None:
     """See :meth:`Daemon.stop`."""
     with _lock.locked(target.files.lock, target.name, shared=False):
-        _stop.stop_locked(target, SYSTEM_CLOCK)
+        _stop.stop_locked(started(target), SYSTEM_CLOCK)
 
 
 def restart(target: StartTarget) -> None:
     """See :meth:`Daemon.restart` without a restart command: stop, then start, atomically."""
     with _lock.locked(target.files.lock, target.name, shared=False):
         before = _pidfile.read_pid(target.files.pid)
-        _stop.stop_locked(target, SYSTEM_CLOCK)
-        start_locked(target)
+        _stop.stop_locked(started(target), SYSTEM_CLOCK)
+        start_locked(target, restart=True)
         _ownership.owner_follows(target, before)
 
 
@@ -166,6 +222,8 @@ def restart_with(target: Target, command: Command, probe: Probe) -> None:
     cfg = target.config
     pid_file = target.files.pid
     with _lock.locked(target.files.lock, target.name, shared=False):
+        target, command, probe = _with_recorded_port(target, command, probe)
+        cfg = target.config
         before = _pidfile.read_pid(pid_file)
         deadline = Deadline(cfg.start_timeout, SYSTEM_CLOCK)
         cfg.logger.info("Restarting daemon '%s' with its restart command", target.name)
@@ -219,6 +277,18 @@ def read_pid(target: Target) -> int | None:
         if pid is None and _pidfile.refusal(pid_file) is None:
             _stop.remove_stale(pid_file)
     return pid
+
+
+def read_pid_and_port(target: Target) -> tuple[int | None, int | None]:
+    """The running daemon's PID and port (see :meth:`Daemon.read_port`), seen at once."""
+    with _lock.locked(target.files.lock, target.name, shared=True, create=False):
+        pid = _pidfile.live_pid(target.files.pid)
+        return pid, None if pid is None else recorded_port(target)
+
+
+def read_port(target: Target) -> int | None:
+    """See :meth:`Daemon.read_port`."""
+    return read_pid_and_port(target)[1]
 
 
 # -- connect ---------------------------------------------------------------------------------

@@ -160,7 +160,9 @@ def _parser(stdout: IO[str], stderr: IO[str]) -> _Parser:
         "run a command with the daemons up",
         usage="%(prog)s [-h] [-c FILE] [-v] [--keep] [NAME ...] -- COMMAND [ARG ...]",
         description="Start the daemons, run COMMAND, pass its exit code through, and stop "
-        "the daemons this started (unless --keep). Progress goes to standard error; "
+        "the daemons this started (unless --keep). COMMAND gets each daemon's port and run "
+        "directory as <NAME>_PORT and <NAME>_RUN_DIR (the name upper-cased, other "
+        "characters than letters and digits as _). Progress goes to standard error; "
         "standard output is the command's.",
     )
     p.add_argument("names", nargs="*", metavar="NAME", help="only these daemons")

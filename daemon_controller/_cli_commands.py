@@ -104,6 +104,8 @@ def _describe(name: str, daemon: Daemon) -> dict[str, Any]:
         "uptime": None if status.uptime is None else round(status.uptime, 1),
         "ping": answer,
         "ping_target": status.ping,
+        "port": status.port,
+        "run_dir": None if status.run_dir is None else str(status.run_dir),
     }
 
 
@@ -117,16 +119,19 @@ def _uptime(seconds: float | None) -> str:
 
 
 def cmd_status(out: Output, project: _toml.Project, names: list[str], *, as_json: bool) -> int:
-    """A table (or JSON) of every daemon: state, PID, uptime and ping."""
-    rows = [_describe(name, project.daemons[name]) for name in _needed(project, names)]
+    """A table (or JSON) of every daemon: state, PID, uptime, port (if any) and ping."""
+    needed = _needed(project, names)
+    rows = [_describe(name, project.daemons[name]) for name in needed]
     if as_json:
         out.block(json.dumps(rows, indent=2), indent="")  # JSON escapes control characters
         return OK
-    table = [["NAME", "STATE", "PID", "UPTIME", "PING"]]
+    ports = any(project.daemons[name].config.port is not None for name in needed)
+    table = [["NAME", "STATE", "PID", "UPTIME", *(["PORT"] if ports else []), "PING"]]
     for row in rows:
         ping = f"{row['ping']} ({row['ping_target']})" if row["ping"] else "-"
+        port = [str(row["port"] or "-")] if ports else []
         table.append(
-            [row["name"], row["state"], str(row["pid"] or "-"), _uptime(row["uptime"]), ping]
+            [row["name"], row["state"], str(row["pid"] or "-"), _uptime(row["uptime"]), *port, ping]
         )
     # Width as shown: a name with control characters is wider once escaped.
     table = [[visible(cell) for cell in r] for r in table]
@@ -198,20 +203,22 @@ def cmd_exec(
         status = run_plan(out, project, plan, enter, keep_going=False)
         if status != OK:
             return status
-        return _run_command(out, command)
+        # <NAME>_PORT and <NAME>_RUN_DIR: the command needs no port of its own.
+        env = {**os.environ, **project.environment(_needed(project, names))}
+        return _run_command(out, command, env)
     finally:
         _leave_all(out, blocks)
 
 
-def _run_command(out: Output, command: list[str]) -> int:
-    """Run ``command`` on our own standard streams; its exit code, shell-style.
+def _run_command(out: Output, command: list[str], env: dict[str, str]) -> int:
+    """Run ``command`` on our own standard streams, in ``env``; its exit code, shell-style.
 
     On Ctrl-C (which the command received too, from the terminal) or SIGTERM
     (passed on to it), the command gets :data:`COMMAND_GRACE` seconds to exit,
     so that a test run can tear its fixtures down, before it is killed.
     """
     try:
-        proc = subprocess.Popen(command)
+        proc = subprocess.Popen(command, env=env)
     except FileNotFoundError:
         out.line(FAILED_TAG, f" cannot run {command[0]!r}: not found")
         return 127

@@ -115,12 +115,12 @@ class CommandResult:
     output: str
 
 
-def run(config: DaemonConfig, command: Command, timeout: float) -> CommandResult:
-    """Run a stop or restart command to completion, capturing its output.
+def run(config: DaemonConfig, command: Command, timeout: float | None) -> CommandResult:
+    """Run a stop, restart or preparation command to completion, capturing its output.
 
     A command that cannot be executed is reported as a shell would report it
     (status 127). One still running after ``timeout`` seconds is killed with
-    its process group.
+    its process group; ``None`` waits as long as it runs.
     """
     args, shell = popen_args(command)
     with tempfile.TemporaryFile() as out:

@@ -15,16 +15,14 @@ names, for people porting.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
-from . import _actions, _options, _platform, _status
+from . import _actions, _instance, _options, _platform, _status
 from ._async_actions import AsyncActions
-from ._errors import DaemonError, hide_frames
-from ._files import default_stem
-from ._options import DaemonConfig, PathArg, absolute, command_text
+from ._errors import hide_frames
+from ._instance import Instances
+from ._options import DaemonConfig, PathArg, absolute
 from ._probes import CallablePing, CommandPing, HttpPing, TcpPing, UnixPing
 from ._scoped import Running
 
@@ -41,14 +39,8 @@ __tracebackhide__ = hide_frames
 T = TypeVar("T")
 
 
-@functools.cache
-def _runtime_dir() -> Path:
-    # Made and checked once per process: every action's first call needs it.
-    return _platform.runtime_dir()
-
-
 @dataclass(frozen=True, slots=True, repr=False)
-class Daemon(AsyncActions):
+class Daemon(AsyncActions, Instances):
     """A daemon: how to start, ping, find and stop it. Immutable; build it fluently.
 
     Every action has an awaitable twin for asyncio (``astart()``, ``astop()``,
@@ -94,35 +86,18 @@ class Daemon(AsyncActions):
         directory, so ``Daemon("web").start_with([...]).foreground().ping_tcp(...)``
         is a complete description. The files are named after the daemon and
         keyed by its name, its working directory (``cwd()``, or the process's
-        when the daemon is first used) and its start command: two projects'
-        ``web`` daemons never share them. Other daemons write their PID file
-        where they want; the library must be told where.
+        when the daemon is first used), its start command and its instance
+        (``instance()``): two projects' ``web`` daemons never share them.
+        Other daemons write their PID file where they want; the library must
+        be told where. A daemon with ``run_dir()`` gets its directory's path
+        (keyed the same way), filled in for ``{run_dir}``.
 
         Raises:
             DaemonError: The runtime directory is not safe to use.
+            ValueError: ``{port}`` or ``{run_dir}`` is used but not declared.
         """
-        cfg = self.config
-        if not cfg.foreground or (cfg.pid_file is not None and cfg.log_file is not None):
-            return self
-        try:
-            base = _runtime_dir()
-        except (OSError, NotImplementedError) as err:
-            msg = f"Daemon '{self.name}': no runtime directory for its default files: {err}"
-            raise DaemonError(self.name, msg) from err
-        command = cfg.start_command
-        if command is None or callable(command):
-            command_key = getattr(command, "__qualname__", "")
-        else:
-            command_key = command_text(command)
-        stem = default_stem(self.name, str(cfg.cwd or Path.cwd()), command_key)
-        return replace(
-            self,
-            config=replace(
-                cfg,
-                pid_file=cfg.pid_file or base / f"{stem}.pid",
-                log_file=cfg.log_file or base / f"{stem}.log",
-            ),
-        )
+        config = _instance.resolve(self.name, self.config)
+        return self if config is self.config else replace(self, config=config)
 
     def _target(self) -> Target:
         """What stop(), is_running() and read_pid() need (raises ValueError without a PID file)."""
@@ -136,7 +111,9 @@ class Daemon(AsyncActions):
         """What a start needs (raises ValueError naming what is missing)."""
         cached = self._start_cache
         if cached is None:
-            cached = _options.start_target(self.name, self.resolved().config)
+            resolved = self.resolved()
+            hook = _instance.before_start_hook(resolved)
+            cached = _options.start_target(self.name, resolved.config, hook)
             object.__setattr__(self, "_start_cache", cached)
         return cached
 
@@ -169,8 +146,11 @@ class Daemon(AsyncActions):
 
     # -- readiness ------------------------------------------------------------------
 
-    def ping_tcp(self, host: str, port: int) -> Self:
-        """Ready when ``host:port`` accepts a TCP connection (every address it resolves to)."""
+    def ping_tcp(self, host: str, port: int | str) -> Self:
+        """Ready when ``host:port`` accepts a TCP connection (every address it resolves to).
+
+        ``port`` may be ``"{port}"``: the port chosen when the daemon starts (``port()``).
+        """
         return self._with(ping=_options.probe(self.name, TcpPing, host, port))
 
     def ping_unix(self, path: PathArg) -> Self:
@@ -214,8 +194,15 @@ class Daemon(AsyncActions):
 
     # -- behaviour --------------------------------------------------------------------
 
-    def before_start(self, function: Callable[[], object]) -> Self:
-        """Run ``function`` under the lock right before each start (not timed)."""
+    def before_start(self, function: Callable[[], object] | Callable[[Daemon], object]) -> Self:
+        """Run ``function`` under the lock right before each start (not timed).
+
+        A function taking one argument gets the ``Daemon`` as this start sees
+        it: ``config.port`` is the chosen port, ``config.run_dir`` the
+        directory (made already), and ``{port}``/``{run_dir}`` are filled in,
+        so it can write a config file there. It runs again if a start tries
+        another port. A function taking none is called without.
+        """
         if not callable(function):
             msg = f"Daemon '{self.name}': before_start() takes a function, not {function!r}"
             raise TypeError(msg)
@@ -353,11 +340,12 @@ class Daemon(AsyncActions):
             StartTimeout: It did not answer within ``start_timeout``.
             StopError: The daemon could not be stopped (without a restart command).
         """
-        command = self.config.restart_command
+        target = self._target()
+        command = target.config.restart_command
         if command is None:
             _actions.restart(self._start_target())
         else:
-            _actions.restart_with(self._target(), command, _options.ping_of(self.name, self.config))
+            _actions.restart_with(target, command, _options.ping_of(self.name, target.config))
 
     def is_running(self) -> bool:
         """Whether the PID file names a live process (a stale PID file is removed)."""

@@ -6,7 +6,9 @@ file's name is the stem of the library's side files:
 * ``<lock>.users`` — shared locks of the ``running()`` blocks inside;
 * ``<lock>.owner`` — the PID a ``running()`` block started;
 * ``<lock>.failure`` — the last failed start, shared with those who waited for it;
-* ``<lock>.started`` — who the last start spawned (see ``_record``).
+* ``<lock>.started`` — who the last start spawned (see ``_record``);
+* ``<lock>.port`` — the TCP port chosen for the daemon when it started;
+* ``<lock>.prepared`` — which prepared template its run directory was copied from.
 
 All of them may lie in a directory other users can write, so they are opened
 with :func:`open_file`: no symlinks, no blocking, regular files of ours only,
@@ -267,6 +269,8 @@ class DaemonFiles:
         owner: Names the daemon PID that a ``running()`` block started.
         failure: The record of the last failed start.
         record: The record of the last start: its marker, the PID and start time.
+        port: The port the daemon was given when it started (``port()``).
+        prepared: The fingerprint of the template its run directory was copied from.
     """
 
     pid: Path
@@ -275,9 +279,11 @@ class DaemonFiles:
     owner: Path = field(init=False, repr=False, compare=False)
     failure: Path = field(init=False, repr=False, compare=False)
     record: Path = field(init=False, repr=False, compare=False)
+    port: Path = field(init=False, repr=False, compare=False)
+    prepared: Path = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        for suffix in ("users", "owner", "failure"):
+        for suffix in ("users", "owner", "failure", "port", "prepared"):
             object.__setattr__(self, suffix, self.lock.with_name(f"{self.lock.name}.{suffix}"))
         object.__setattr__(self, "record", self.lock.with_name(f"{self.lock.name}.started"))
 

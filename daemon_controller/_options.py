@@ -14,13 +14,14 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, cast
 
 from . import _platform
 from ._errors import hide_frames
 from ._files import DaemonFiles
 
 if TYPE_CHECKING:
+    from ._daemon import Daemon
     from ._probes import Probe
 
 #: pytest shows our errors without our frames (see ``_errors.hide_frames``).
@@ -34,9 +35,22 @@ StartCommand = Command | Callable[[], str | Sequence[str]]
 PathArg = str | os.PathLike[str]
 
 
+#: The placeholder for the daemon's run directory; a path starting with it stays relative to it.
+RUN_DIR = "{run_dir}"
+#: The placeholder for the port chosen when the daemon starts.
+PORT = "{port}"
+
+
 def absolute(path: PathArg) -> Path:
-    """``path`` made absolute now, so a later ``os.chdir()`` does not change its meaning."""
-    return Path(os.path.abspath(os.fspath(path)))
+    """``path`` made absolute now, so a later ``os.chdir()`` does not change its meaning.
+
+    A path starting with ``{run_dir}`` is left as it is: it is relative to
+    the daemon's run directory, filled in by ``Daemon.resolved()``.
+    """
+    text = os.fspath(path)
+    if text.startswith(RUN_DIR):
+        return Path(text)
+    return Path(os.path.abspath(text))
 
 
 def command(identifier: str, what: str, value: str | Sequence[str | os.PathLike[str]]) -> Command:
@@ -136,6 +150,33 @@ def environment(
 
 
 @dataclass(frozen=True, slots=True)
+class Preparation:
+    """A one-time preparation of a daemon's state, copied into each run directory.
+
+    Attributes:
+        command: Run once, with ``{run_dir}`` standing for the directory being
+            prepared (the template): a str through the shell, an argv tuple,
+            or a function called with that directory.
+        inputs: Files (or directories) the preparation reads: a change to one
+            of them, or to the command, prepares a new template.
+        hardlinks: Copies share the template's files through hard links: only
+            for daemons that never write a file in place (they write a new
+            one and rename it over the old one).
+        fresh: Every start (a restart excepted) begins from a new copy, so
+            what a test suite wrote never outlives its session; otherwise
+            the run directory is kept until the template changes.
+        template: Where the prepared templates are kept, one per fingerprint
+            (``<template>-<fingerprint>``); filled in by ``Daemon.resolved()``.
+    """
+
+    command: Command | Callable[[Path], object]
+    inputs: tuple[Path, ...] = ()
+    hardlinks: bool = False
+    fresh: bool = False
+    template: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class DaemonConfig:
     """Every option of a daemon, named as the builder methods that set them. Times in seconds.
 
@@ -150,7 +191,9 @@ class DaemonConfig:
         lock_file: The lock serialising starts and stops; ``None`` means the PID
             file's path with ``.lock`` added.
         before_start: Called under the lock right before the start command; not
-            counted against ``start_timeout``.
+            counted against ``start_timeout``. A function taking one argument
+            gets the ``Daemon`` as this start sees it (port chosen, run
+            directory made, placeholders filled in).
         start_timeout: Longest a start may take, including waiting for the
             daemon to answer pings.
         start_abort_timeout: After a failed start, how long what it started
@@ -170,6 +213,16 @@ class DaemonConfig:
         cwd: The working directory for those commands; ``None`` keeps ours.
         user: Run those commands as this user (POSIX, when we are root).
         logger: Where the library logs what it does.
+        port: The daemon's TCP port: ``"auto"`` (a free one, chosen when it
+            starts), a number, or ``None`` (no ``{port}`` placeholder). Once
+            chosen, the number: the ``Daemon`` given to ``before_start`` has it.
+        run_dir: The daemon's own directory, the ``{run_dir}`` placeholder:
+            ``"auto"`` (private, under the per-user runtime directory), a
+            path, or ``None``. ``Daemon.resolved()`` has the path.
+        prepare: A one-time preparation that each run directory starts as a
+            copy of, or ``None``.
+        instance: Tells apart instances of one description (a test worker's
+            own): each has its own default files, run directory and port.
     """
 
     start_command: StartCommand | None = None
@@ -179,7 +232,7 @@ class DaemonConfig:
     pid_file: Path | None = None
     log_file: Path | None = None
     lock_file: Path | None = None
-    before_start: Callable[[], object] | None = None
+    before_start: Callable[[], object] | Callable[[Daemon], object] | None = None
     start_timeout: float = 30.0
     start_abort_timeout: float = 10.0
     stop_timeout: float = 30.0
@@ -193,6 +246,11 @@ class DaemonConfig:
     cwd: Path | None = None
     user: str | None = None
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("daemon_controller"))
+    # A port, a run directory and a prepared state per instance (see _instance.py).
+    port: int | Literal["auto"] | None = None
+    run_dir: Path | Literal["auto"] | None = None
+    prepare: Preparation | None = None
+    instance: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,11 +276,14 @@ class StartTarget(Target):
         command: The start command (or the function returning it).
         probe: The readiness check.
         log_file: The daemon's log.
+        before_start: Runs ``config.before_start`` given the options of the
+            attempt about to start (port chosen, placeholders filled in).
     """
 
     command: StartCommand
     probe: Probe
     log_file: Path
+    before_start: Callable[[DaemonConfig], object] | None = None
 
 
 _HINTS = {
@@ -250,8 +311,16 @@ def target(name: str, config: DaemonConfig) -> Target:
     return Target(name, config, DaemonFiles.of(config.pid_file, config.lock_file))
 
 
-def start_target(name: str, config: DaemonConfig) -> StartTarget:
+def start_target(
+    name: str,
+    config: DaemonConfig,
+    before_start: Callable[[DaemonConfig], object] | None = None,
+) -> StartTarget:
     """What a start needs: a start command, a ping, a PID file and a log file.
+
+    ``before_start`` calls ``config.before_start`` for an attempt (the facade
+    passes it the ``Daemon``); without it, that function is called without
+    arguments.
 
     Raises:
         ValueError: Any of them is not set (the message names each, and how to set it).
@@ -265,7 +334,10 @@ def start_target(name: str, config: DaemonConfig) -> StartTarget:
     if cmd is None or probe is None or pid_file is None or log_file is None:
         raise _missing(name, config, ("start_command", "ping", "pid_file", "log_file"))
     files = DaemonFiles.of(pid_file, config.lock_file)
-    return StartTarget(name, config, files, cmd, probe, log_file)
+    hook = cast("Callable[[], object] | None", config.before_start)
+    if before_start is None and hook is not None:
+        before_start = lambda _: hook()  # noqa: E731 - the zero-argument form, as in the gem
+    return StartTarget(name, config, files, cmd, probe, log_file, before_start)
 
 
 def ping_of(name: str, config: DaemonConfig) -> Probe:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import psutil
 
 from . import _platform
-from ._options import command_text
+from ._options import PORT, command_text
 from ._sockets import connect, http_status, send_all, start_tls
 
 if TYPE_CHECKING:
@@ -109,14 +109,26 @@ class Probe(Protocol):
         ...
 
 
+def _unfilled(text: str) -> PingUnusable | None:
+    """A ping whose address still holds ``{port}`` asks a daemon that has not started."""
+    if PORT not in text:
+        return None
+    return PingUnusable(f"its address {text} is known only once the daemon has started")
+
+
 @dataclass(frozen=True, slots=True)
 class TcpPing:
-    """Ready when a TCP connect to ``host:port`` succeeds on any address it resolves to."""
+    """Ready when a TCP connect to ``host:port`` succeeds on any address it resolves to.
+
+    ``port`` may be ``"{port}"``: the port chosen when the daemon starts.
+    """
 
     host: str
-    port: int
+    port: int | str
 
     def __post_init__(self) -> None:
+        if self.port == PORT:
+            return
         if (
             not isinstance(self.port, int)
             or isinstance(self.port, bool)
@@ -124,13 +136,19 @@ class TcpPing:
                 0 < self.port < 65536  # noqa: PLR2004 - the TCP port range
             )
         ):
-            msg = f"TCP port must be an int from 1 to 65535, not {self.port!r}"
+            msg = f"TCP port must be an int from 1 to 65535 or {PORT!r}, not {self.port!r}"
             raise ValueError(msg)
 
     def check(self, timeout: float) -> bool:
-        """Try each address ``host`` resolves to (IPv4 and IPv6), within ``timeout`` in all."""
+        """Try each address ``host`` resolves to (IPv4 and IPv6), within ``timeout`` in all.
+
+        Raises:
+            PingUnusable: The port is still ``"{port}"`` (not chosen yet).
+        """
+        if (unusable := _unfilled(str(self.port))) is not None:
+            raise unusable
         with contextlib.suppress(OSError):
-            connect(self.host, self.port, time.monotonic() + max(timeout, 0.001)).close()
+            connect(self.host, int(self.port), time.monotonic() + max(timeout, 0.001)).close()
             return True
         return False
 
@@ -195,13 +213,20 @@ class HttpPing:
             )
             raise ValueError(msg)
         try:
-            parts.port  # noqa: B018 - raises for a port out of range
+            if PORT not in self.url:  # "{port}" is filled in when the daemon starts
+                parts.port  # noqa: B018 - raises for a port out of range
         except ValueError as err:
             msg = f"ping_http: bad port in {self.url!r}: {err}"
             raise ValueError(msg) from None
 
     def check(self, timeout: float) -> bool:
-        """Send one GET and read the status line, all within ``timeout`` seconds."""
+        """Send one GET and read the status line, all within ``timeout`` seconds.
+
+        Raises:
+            PingUnusable: The URL still holds ``{port}`` (not chosen yet).
+        """
+        if (unusable := _unfilled(self.url)) is not None:
+            raise unusable
         parts = urllib.parse.urlsplit(self.url)
         https = parts.scheme == "https"
         deadline = time.monotonic() + max(timeout, 0.001)
@@ -321,8 +346,12 @@ def holder(probe: Probe) -> str | None:
     wanted: int | str
     if isinstance(probe, HttpPing):
         parts = urllib.parse.urlsplit(probe.url)
-        kind, wanted = "inet", parts.port or (443 if parts.scheme == "https" else 80)
-    elif isinstance(probe, TcpPing):
+        try:
+            port = parts.port
+        except ValueError:  # "{port}", not chosen yet
+            return None
+        kind, wanted = "inet", port or (443 if parts.scheme == "https" else 80)
+    elif isinstance(probe, TcpPing) and isinstance(probe.port, int):
         kind, wanted = "inet", probe.port
     elif isinstance(probe, UnixPing):
         kind, wanted = "unix", str(probe.path)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import _actions, _process
@@ -17,8 +18,6 @@ from ._errors import hide_frames
 from ._probes import PingUnusable
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from ._options import Target
 
 #: pytest shows our errors without our frames (see ``_errors.hide_frames``).
@@ -41,6 +40,9 @@ class Status:
         pid_file: Its PID file.
         problem: Why the ping could not even be asked (its command cannot
             run), or ``None``.
+        port: The port it was started with (``port()``), or ``None``: not
+            running, or no port declared.
+        run_dir: Its run directory (``run_dir()``), or ``None``.
     """
 
     name: str
@@ -51,6 +53,8 @@ class Status:
     ping: str | None
     pid_file: Path
     problem: str | None = None
+    port: int | None = None
+    run_dir: Path | None = None
 
     @property
     def ok(self) -> bool:
@@ -73,6 +77,10 @@ class Status:
 def status(target: Target, timeout: float) -> Status:
     """See :meth:`Daemon.status`."""
     pid = _actions.read_pid(target)
+    port = None if pid is None else _actions.read_pid_and_port(target)[1]
+    if port is not None:
+        target = _actions.started(target)
+    run_dir = target.config.run_dir
     probe = target.config.ping
     answering: bool | None = None
     problem = None
@@ -90,4 +98,6 @@ def status(target: Target, timeout: float) -> Status:
         ping=None if probe is None else probe.describe(),
         pid_file=target.files.pid,
         problem=problem,
+        port=port,
+        run_dir=run_dir if isinstance(run_dir, Path) else None,
     )

@@ -19,10 +19,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
+from . import _instance
 from ._daemon import Daemon
 from ._errors import ConfigError, hide_frames
+from ._options import PORT, RUN_DIR
 from ._probes import CommandPing
 
 if TYPE_CHECKING:
@@ -49,6 +51,18 @@ class Project:
     path: Path
     daemons: dict[str, Daemon]
     after: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def environment(self, names: list[str] | None = None) -> dict[str, str]:
+        """What a command using the daemons needs: ``<NAME>_PORT`` and ``<NAME>_RUN_DIR``.
+
+        For each daemon (of ``names``, or all) with a run directory, and for
+        each running one with a port. ``NAME`` is the daemon's name
+        upper-cased, every character other than a letter or digit made ``_``.
+        """
+        found: dict[str, str] = {}
+        for name in names if names is not None else self.daemons:
+            found.update(_instance.exports(name, self.daemons[name]))
+        return found
 
     def order(self, names: list[str] | None = None) -> list[list[str]]:
         """The daemons to start, in waves: each wave after the ones before it.
@@ -208,7 +222,35 @@ class _Reader:
         return value
 
     def file(self, key: str, value: object) -> Path:
-        return self.base / self.text(key, value)
+        text = self.text(key, value)
+        return Path(text) if text.startswith(RUN_DIR) else self.base / text
+
+    def port(self, key: str, value: object) -> int | Literal["auto"]:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool)):
+            return value
+        raise self.fail(key, f'expected "auto" or a port number, got {value!r}')
+
+    def run_dir(self, key: str, value: object) -> Path | Literal["auto"]:
+        text = self.text(key, value)
+        return "auto" if text == "auto" else self.base / text
+
+    def prepare(self, daemon: Daemon, key: str, value: object) -> Daemon:
+        """``prepare = "command"`` (or a list), or a table: command, inputs, hardlinks, fresh."""
+        options: dict[str, Any] = value if isinstance(value, dict) else {"command": value}
+        unknown = sorted(set(options) - {"command", "inputs", "hardlinks", "fresh"})
+        if unknown:
+            known = "known: command, inputs, hardlinks, fresh"
+            raise self.fail(key, f"unknown key(s) {', '.join(unknown)} ({known})")
+        if "command" not in options:
+            raise self.fail(key, "needs a 'command'")
+        command = self.command(key, options["command"])
+        inputs = options.get("inputs", [])
+        if not isinstance(inputs, list) or not all(isinstance(v, str) for v in inputs):
+            raise self.fail(key, f"expected 'inputs' to be a list of paths, got {inputs!r}")
+        hardlinks = self.flag(key, options.get("hardlinks", False))
+        fresh = self.flag(key, options.get("fresh", False))
+        paths = [self.base / v for v in inputs]
+        return daemon.prepare(command, inputs=paths, hardlinks=hardlinks, fresh=fresh)
 
     def signal(self, key: str, value: object) -> str | int:
         if isinstance(value, int) and not isinstance(value, bool):
@@ -233,14 +275,14 @@ class _Reader:
         text = self.text(key, value)
         if text.startswith("tcp://"):
             host, _, port = text.removeprefix("tcp://").rstrip("/").rpartition(":")
-            if not host or not port.isdigit():
+            if not host or not (port.isdigit() or port == PORT):
                 raise self.fail(key, f"expected tcp://HOST:PORT, got {text!r}")
-            return daemon.ping_tcp(host.strip("[]"), int(port))
+            return daemon.ping_tcp(host.strip("[]"), port if port == PORT else int(port))
         if text.startswith("unix://"):
             socket_path = text.removeprefix("unix://")
             if not socket_path:
                 raise self.fail(key, f"expected unix:///path/to/socket, got {text!r}")
-            return daemon.ping_unix(self.base / socket_path)  # relative to the file
+            return daemon.ping_unix(self.file(key, socket_path))  # relative to the file
         if text.startswith(("http://", "https://")):
             return daemon.ping_http(text)
         if _ADDRESS.fullmatch(text.strip()):
@@ -316,6 +358,10 @@ _SETTERS: dict[str, Callable[[_Reader, Daemon, object], Daemon]] = {
     ),
     "user": lambda r, d, v: d.user(r.text("user", v)),
     "env": lambda r, d, v: d.env(r.env("env", v)),
+    # A port, a run directory and a prepared state per instance.
+    "port": lambda r, d, v: d.port(r.port("port", v)),
+    "run_dir": lambda r, d, v: d.run_dir(r.run_dir("run_dir", v)),
+    "prepare": lambda r, d, v: r.prepare(d, "prepare", v),
 }
 
 #: The Ruby gem's option names, which are not keys here: each has one name, ours.

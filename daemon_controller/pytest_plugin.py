@@ -24,6 +24,9 @@ enough. In a ``conftest.py``::
   done, not when the first worker finishes. Each worker holds a shared lock on
   a per-run file for its whole life; the worker that finds itself last
   (a non-blocking exclusive lock succeeds) stops what the run started.
+* With ``per_worker=True`` each xdist worker gets an instance of its own
+  (``Daemon.for_worker()``): its own port, run directory and files, started
+  and stopped by that worker. Without xdist, one instance.
 
 The plugin's state lives in each run's ``config.stash``, so runs in one
 process (``pytester``) do not see each other's. A declaration is attached to
@@ -75,6 +78,7 @@ class _Declared:
     daemon: Daemon
     scope: Scope
     stop: bool | None
+    per_worker: bool = False
 
 
 @dataclass
@@ -110,6 +114,7 @@ def daemon_fixture(
     scope: Scope = "function",
     stop: bool | None = None,
     autouse: bool = False,
+    per_worker: bool = False,
 ) -> Any:  # noqa: ANN401 - what pytest.fixture returns differs between pytest versions
     """Make a pytest fixture named ``name`` that yields ``daemon`` running.
 
@@ -120,13 +125,20 @@ def daemon_fixture(
         stop: As for :meth:`Daemon.running`: ``None`` stops it only if this
             fixture started it; ``True`` always; ``False`` never.
         autouse: Make every test in the fixture's visibility use it.
+        per_worker: Under pytest-xdist, each worker gets an instance of its
+            own (``daemon.for_worker()``: its own port, run directory and
+            files; ``daemon`` must use ``port()``, and its files must be
+            defaults or under ``{run_dir}``); without xdist, one instance.
+            The default shares one daemon between the workers.
 
     Returns:
         The fixture; assign it to a module-level name in a ``conftest.py`` or
         test module (that is where a run looks for it).
     """
+    if per_worker:  # xdist names the worker before any conftest is imported
+        daemon = daemon.for_worker()
     # Default files filled in: settling and log reports need them.
-    declared = _Declared(name, daemon.resolved(), scope, stop)
+    declared = _Declared(name, daemon.resolved(), scope, stop, per_worker)
 
     def fixture(request: pytest.FixtureRequest) -> Generator[Daemon, None, None]:
         state = _state(request.config)
@@ -134,7 +146,8 @@ def daemon_fixture(
         block = declared.daemon.running(stop=stop)
         # Under xdist, a session daemon outlives this worker's session scope:
         # the last worker of the run settles it (see pytest_sessionfinish).
-        block.defer = scope == "session" and state.run_lease is not None
+        # A worker's own instance is its own to stop.
+        block.defer = scope == "session" and state.run_lease is not None and not per_worker
         entered = False
         try:
             with block:
@@ -244,7 +257,8 @@ def _settle_if_last(state: _State) -> None:
         return  # another worker is still running; it will settle
     try:
         for declared in state.declared.values():
-            if declared.scope == "session" and declared.stop is not False:
+            shared = declared.scope == "session" and not declared.per_worker
+            if shared and declared.stop is not False:
                 try:
                     declared.daemon.running(stop=declared.stop).settle()
                 except Exception as err:  # noqa: BLE001 - reported, and the other daemons still settled

@@ -47,6 +47,7 @@ import pytest
 from echo_server import ECHO_SERVER, free_port
 from helpers import gone
 
+import daemon_controller
 from daemon_controller import _cli
 from daemon_controller._files import read_tail
 
@@ -1134,3 +1135,56 @@ def test_a_running_daemon_that_does_not_answer_is_not_ok(project):
     assert "already running" not in said
     assert alive(pid)  # up reports it; it does not touch it
     project.ok("down")
+
+
+# -- ports and run directories ------------------------------------------------------------
+
+
+def _ported(project: Project, name: str) -> None:
+    """Declare an echo daemon with ``port = "auto"`` and ``run_dir = "auto"``."""
+    argv = [sys.executable, str(ECHO_SERVER), "--port", "{port}"]
+    argv += ["--pid-file", "{run_dir}/e.pid", "--log-file", "{run_dir}/e.log"]
+    project.tables[name] = {
+        "start": argv,
+        "port": "auto",
+        "run_dir": "auto",
+        "ping": "tcp://127.0.0.1:{port}",
+        "pid": "{run_dir}/e.pid",
+        "log": "{run_dir}/e.log",
+        "start_timeout": 15,
+        "env": {"DC_TEST_ID": project.test_id},
+    }
+    project.write()
+
+
+def test_exec_exports_each_daemons_port_and_run_dir(project, capfd):
+    """exec gives the command <NAME>_PORT and <NAME>_RUN_DIR; status shows the port."""
+    from runtime_files import forget  # noqa: PLC0415 - removes what run_dir() keeps
+
+    _ported(project, "my-cache")
+    project.echo("db")
+    cache = daemon_controller.load(project.path)["my-cache"]
+    script = (
+        "import json, os; "
+        "print(json.dumps({k: v for k, v in os.environ.items() if k.startswith('MY_CACHE_')}))"
+    )
+    try:
+        project.ok("exec", "--keep", "--", sys.executable, "-c", script)
+        exported = json.loads(capfd.readouterr().out.strip().splitlines()[-1])
+        port = cache.read_port()
+        assert port is not None
+        assert exported == {
+            "MY_CACHE_PORT": str(port),
+            "MY_CACHE_RUN_DIR": str(cache.resolved().config.run_dir),
+        }
+        (row,) = json.loads(project.ok("status", "--json", "my-cache").stdout)
+        assert row["port"] == port
+        assert row["run_dir"] == exported["MY_CACHE_RUN_DIR"]
+        assert row["ping_target"] == f"tcp://127.0.0.1:{port}"
+        table = project.ok("status").stdout.splitlines()
+        assert table[0].split() == ["NAME", "STATE", "PID", "UPTIME", "PORT", "PING"]
+        ports = {line.split()[0]: line.split()[4] for line in table[1:]}
+        assert ports == {"db": "-", "my-cache": str(port)}
+    finally:
+        project.ok("down")
+        forget(cache)

@@ -19,6 +19,7 @@ count the starts), the PIDs the inner tests saw, and the process table.
 from __future__ import annotations
 
 import fcntl
+import json
 import textwrap
 from pathlib import Path
 
@@ -512,3 +513,77 @@ def test_a_run_nested_in_an_xdist_worker_settles_its_own_session_daemon(
         pids = {pid for _, _, pid in inner.seen_rows()}
         assert len(pids) == 1
         inner.assert_stopped(pids)
+
+
+# -- a daemon per worker -------------------------------------------------------------------
+
+
+PER_WORKER_CONFTEST = """
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, {tests!r})
+
+from runtime_files import placed_echo
+
+from daemon_controller.pytest_plugin import daemon_fixture
+
+DAEMON = placed_echo("per worker echo", Path({cwd!r}), {test_id!r})
+echo_daemon = daemon_fixture("echo_daemon", DAEMON, scope="session", per_worker=True)
+
+
+@pytest.fixture
+def note(echo_daemon):
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    seen = [worker, echo_daemon.read_port(), echo_daemon.read_pid()]
+    seen.append(str(echo_daemon.resolved().config.run_dir))
+    with open({seen!r}, "a") as f:
+        f.write(json.dumps(seen) + "\\n")
+"""
+
+
+@pytest.mark.parametrize("args", [("-n", "4"), ()], ids=["xdist", "plain"])
+def test_per_worker_daemons_are_each_workers_own(inner: Inner, args):
+    values = {"tests": str(TESTS_DIR), "cwd": str(inner.pytester.path), "seen": str(inner.seen)}
+    inner.pytester.makeconftest(PER_WORKER_CONFTEST.format(test_id=inner.test_id, **values))
+    inner.pytester.makepyfile(
+        """
+        import time
+
+        import pytest
+
+        @pytest.mark.parametrize("i", range(12))
+        def test_uses_its_daemon(note, i):
+            time.sleep(0.1)
+        """
+    )
+    from runtime_files import forget, placed_echo  # noqa: PLC0415 - this test's helpers
+
+    base = placed_echo("per worker echo", inner.pytester.path, inner.test_id)
+    try:
+        result = inner.run(*args, "-p", "no:hypothesispytest", timeout=100)
+        result.assert_outcomes(passed=12)
+        rows = [json.loads(line) for line in inner.seen.read_text().splitlines()]
+        by_worker: dict[str, set[tuple[int, int, str]]] = {}
+        for worker, port, pid, run_dir in rows:
+            by_worker.setdefault(worker, set()).add((port, pid, run_dir))
+        assert all(len(seen) == 1 for seen in by_worker.values())  # one instance per worker
+        instances = [seen.pop() for seen in by_worker.values()]
+        assert len({port for port, _, _ in instances}) == len(instances)
+        assert len({run_dir for _, _, run_dir in instances}) == len(instances)
+        if args:
+            assert len(by_worker) >= 2, by_worker
+            assert all(worker.startswith("gw") for worker in by_worker)
+        else:
+            assert list(by_worker) == ["main"]
+            assert instances[0][2] == str(base.resolved().config.run_dir)
+        for _, pid, _ in instances:
+            assert gone(pid), f"instance PID {pid} still running after the run"
+    finally:
+        for daemon in [base, *(base.for_worker(f"gw{i}") for i in range(4))]:
+            daemon.stop()
+            forget(daemon)

@@ -425,3 +425,60 @@ def exit_handle(pid: int) -> ExitHandle | None:
         return ExitHandle(pidfd_open(pid, 0))
     except OSError:
         return None
+
+
+# -- run directories of daemons run as another user, and copies of them ---------------------
+
+#: ``ioctl(FICLONE)``: share a file's blocks copy-on-write (Btrfs, XFS, bcachefs).
+_FICLONE = 0x40049409
+
+
+def give(path: Path | str, ids: tuple[int, int] | None) -> None:
+    """Make ``path`` (not what a symlink there points to) belong to ``ids``; ``None``: leave it."""
+    if ids is not None:
+        os.chown(path, ids[0], ids[1], follow_symlinks=False)
+
+
+def user_runtime_dir(user: str | None) -> Path:
+    """The private runtime directory of the user a daemon's commands run as.
+
+    Ours (:func:`runtime_dir`) unless we are root running the daemon as
+    another user, who could not enter ours: then
+    ``<tmp>/daemon-controller-<uid>``, made by us for that user, 0700.
+
+    Raises:
+        PermissionError: The directory exists but is not that user's private one.
+    """
+    ids = user_ids(user)
+    if ids is None:
+        return runtime_dir()
+    path = Path(tempfile.gettempdir()) / f"daemon-controller-{ids[0]}"
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+        give(path, ids)
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != ids[0] or info.st_mode & 0o077:
+        msg = f"{str(path)!r} is not a private directory of user {user!r}; refusing to use it"
+        raise PermissionError(msg)
+    return path
+
+
+def clone_file(source: int, target: int) -> bool:
+    """Make the open file ``target`` a copy-on-write clone of ``source``; whether it worked.
+
+    Only where the filesystem shares blocks between files (Linux: Btrfs, XFS
+    with reflink, bcachefs); elsewhere the caller copies the bytes.
+    """
+    if sys.platform != "linux" or fcntl is None:
+        return False
+    try:
+        fcntl.ioctl(target, _FICLONE, source)
+    except OSError:
+        return False
+    return True
+
+
+def keep_owner(path: str, original: os.stat_result) -> None:
+    """As root, give the copy at ``path`` the owner of the original; otherwise copies are ours."""
+    if os.geteuid() == 0 and (original.st_uid, original.st_gid) != (0, 0):
+        os.chown(path, original.st_uid, original.st_gid, follow_symlinks=False)

@@ -244,3 +244,25 @@ def exit_handle(pid: int) -> ExitHandle | None:
     """No cheap exit handle here: liveness is checked through psutil each time."""
     del pid
     return None
+
+
+def give(path: Path | str, ids: tuple[int, int] | None) -> None:
+    """Nothing to do: see :func:`user_ids`."""
+    del path, ids
+
+
+def user_runtime_dir(user: str | None) -> Path:
+    """Our runtime directory: commands run as ourselves here."""
+    del user
+    return runtime_dir()
+
+
+def clone_file(source: int, target: int) -> bool:
+    """No block cloning through this interface here: the caller copies the bytes."""
+    del source, target
+    return False
+
+
+def keep_owner(path: str, original: os.stat_result) -> None:
+    """Nothing to do: copies belong to whoever makes them."""
+    del path, original

@@ -160,3 +160,22 @@ def test_every_example_says_how_to_run_it(name):
     source = (_REPO / "examples" / name).read_text()
     assert source.startswith('"""'), f"{name} has no module docstring header"
     assert f"python examples/{name}" in source.split('"""')[1]
+
+
+def test_postgresql_parallel(pg, pg_user):
+    output = check(
+        "postgresql_parallel.py",
+        "dc-pg-parallel-",
+        "1. pytest -n 4: 8 passed",
+        "2. pytest -n 4: 8 passed",
+        "OK",
+    )
+    assert output.count("4 workers, 4 instances") == 2
+
+
+def test_readme_shows_the_parallel_suites_conftest():
+    # The README's "Running a test suite in parallel" shows this file as it is.
+    conftest = (_REPO / "examples" / "parallel_suite" / "conftest.py").read_text()
+    body = conftest[conftest.index("HERE = ") :]  # after the imports
+    readme = (_REPO / "README.md").read_text()
+    assert body.strip() in readme
