@@ -22,6 +22,7 @@ LAYERS = [
     "_errors",
     "_files",
     "_waiting",
+    "_fdwait",
     "_platform",
     # options, probes, processes, files
     "_options",

@@ -12,9 +12,12 @@ import sys
 if sys.platform == "win32":
     from ._windows import (
         DEFAULT_STOP_SIGNAL,
+        HAS_NOTIFY,
         PASSTHROUGH_LOG_PATHS,
         SHELL_HAS_EXEC,
         ExitHandle,
+        FileWatch,
+        NotifySocket,
         detach_kwargs,
         exit_handle,
         force_kill,
@@ -28,10 +31,15 @@ if sys.platform == "win32":
         unlock_fd,
         user_environment,
         wait_exit,
+        watch_files,
     )
 else:
+    # POSIX; file events (inotify) and the notify socket live in modules of their own.
+    from ._inotify import FileWatch, watch_files
+    from ._notifysock import NotifySocket
     from ._posix import (
         DEFAULT_STOP_SIGNAL,
+        HAS_NOTIFY,
         PASSTHROUGH_LOG_PATHS,
         SHELL_HAS_EXEC,
         ExitHandle,
@@ -52,9 +60,12 @@ else:
 
 __all__ = [
     "DEFAULT_STOP_SIGNAL",
+    "HAS_NOTIFY",
     "PASSTHROUGH_LOG_PATHS",
     "SHELL_HAS_EXEC",
     "ExitHandle",
+    "FileWatch",
+    "NotifySocket",
     "detach_kwargs",
     "exit_handle",
     "force_kill",
@@ -68,4 +79,5 @@ __all__ = [
     "unlock_fd",
     "user_environment",
     "wait_exit",
+    "watch_files",
 ]

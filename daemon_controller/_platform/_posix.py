@@ -24,6 +24,9 @@ else:  # pragma: no cover - Windows
     fcntl = None
 
 DEFAULT_STOP_SIGNAL = "TERM"
+#: Whether a daemon can tell us it is ready through a unix datagram socket
+#: (the sd_notify protocol; ``notify()``).
+HAS_NOTIFY = True
 #: Whether ``sh -c "exec prog"`` works here (cmd.exe has no exec).
 SHELL_HAS_EXEC = True
 
@@ -258,6 +261,10 @@ class ExitHandle:
     def exited(self) -> bool:
         """Whether the process has exited (a zombie has)."""
         return self._poll(0)
+
+    def fileno(self) -> int | None:
+        """The pidfd, readable once the process has exited (``None`` once closed)."""
+        return self._fd if self._fd >= 0 else None
 
     def wait(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the exit; whether it happened."""
