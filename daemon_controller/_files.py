@@ -5,7 +5,8 @@ file's name is the stem of the library's side files:
 
 * ``<lock>.users`` — shared locks of the ``running()`` blocks inside;
 * ``<lock>.owner`` — the PID a ``running()`` block started;
-* ``<lock>.failure`` — the last failed start, shared with those who waited for it.
+* ``<lock>.failure`` — the last failed start, shared with those who waited for it;
+* ``<lock>.status`` — the last ``STATUS=`` a ``notify()`` daemon sent while it started.
 
 Everything here is below the rest of the library: no module of ours is
 imported, so every layer can use it.
@@ -40,6 +41,7 @@ class DaemonFiles:
         users: Shared locks on it count the ``running()`` blocks inside.
         owner: Names the daemon PID that a ``running()`` block started.
         failure: The record of the last failed start.
+        status: The last ``STATUS=`` text a ``notify()`` daemon sent, with its PID.
     """
 
     pid: Path
@@ -47,9 +49,10 @@ class DaemonFiles:
     users: Path = field(init=False, repr=False, compare=False)
     owner: Path = field(init=False, repr=False, compare=False)
     failure: Path = field(init=False, repr=False, compare=False)
+    status: Path = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        for suffix in ("users", "owner", "failure"):
+        for suffix in ("users", "owner", "failure", "status"):
             object.__setattr__(self, suffix, self.lock.with_name(f"{self.lock.name}.{suffix}"))
 
     @classmethod

@@ -83,6 +83,11 @@ class Deadline:
         """Seconds since the deadline was set."""
         return self.clock.now() - self.started
 
+    def extend(self, seconds: float) -> None:
+        """Make sure at least ``seconds`` are left from now (never shortens the wait)."""
+        if self.timeout is not None:
+            self.timeout = max(self.timeout, self.elapsed() + seconds)
+
 
 #: Checking may take at most this share of the time: the pause after a round
 #: of checking is at least 20 times as long as the round took (about 5% of a

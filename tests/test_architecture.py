@@ -34,6 +34,7 @@ LAYERS = [
     "_failures",
     "_commands",
     "_logs",
+    "_notify",
     # the steps of the actions
     "_ownership",
     "_start",
