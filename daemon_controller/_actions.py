@@ -55,7 +55,7 @@ def _refuse_stranger(target: StartTarget) -> None:
     gem's semantics: spawn, wait for the PID file, then ping).
     """
     probe = target.probe
-    if not has_address(probe) or not probe.check(0.5):
+    if probe is None or not has_address(probe) or not probe.check(0.5):
         return
     who = holder(probe)
     where = f" by {who}" if who else ""

@@ -15,20 +15,18 @@ names, for people porting.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from . import _actions, _options, _platform, _status
-from ._errors import DaemonError, hide_frames
-from ._files import default_stem
-from ._options import DaemonConfig, PathArg, absolute, command_text
+from ._errors import hide_frames
+from ._options import DaemonConfig, PathArg, absolute
 from ._probes import CallablePing, CommandPing, HttpPing, TcpPing, UnixPing
 from ._scoped import Running
 
 if TYPE_CHECKING:
     import logging
+    import re
     from collections.abc import Callable, Mapping, Sequence
 
     from ._options import StartTarget, Target
@@ -38,12 +36,6 @@ if TYPE_CHECKING:
 __tracebackhide__ = hide_frames
 
 T = TypeVar("T")
-
-
-@functools.cache
-def _runtime_dir() -> Path:
-    # Made and checked once per process: every action's first call needs it.
-    return _platform.runtime_dir()
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -71,6 +63,10 @@ class Daemon:
     def __repr__(self) -> str:
         cfg = self.config
         parts = [repr(self.name)]
+        if cfg.notify:
+            parts.append("notify")
+        if cfg.ping_log is not None:
+            parts.append(f"ping_log={cfg.ping_log.pattern!r}")
         if cfg.ping is not None:
             parts.append(f"ping={cfg.ping.describe()}")
         if cfg.pid_file is not None:
@@ -85,40 +81,20 @@ class Daemon:
     def resolved(self) -> Daemon:
         """This daemon with default paths filled in, as the actions use it.
 
-        A daemon the library runs in the foreground (``foreground()``) without
-        ``pid()`` or ``log()`` gets files in a private per-user runtime
-        directory, so ``Daemon("web").start_with([...]).foreground().ping_tcp(...)``
-        is a complete description. The files are named after the daemon and
-        keyed by its name, its working directory (``cwd()``, or the process's
-        when the daemon is first used) and its start command: two projects'
+        A daemon run in the foreground (``foreground()``) or naming its own
+        PID (``notify()``) without ``pid()`` or ``log()`` gets files in a
+        private per-user runtime directory, so
+        ``Daemon("web").start_with([...]).foreground().ping_tcp(...)`` is
+        complete. They are keyed by its name, working directory (``cwd()``,
+        or the process's when first used) and start command: two projects'
         ``web`` daemons never share them. Other daemons write their PID file
         where they want; the library must be told where.
 
         Raises:
             DaemonError: The runtime directory is not safe to use.
         """
-        cfg = self.config
-        if not cfg.foreground or (cfg.pid_file is not None and cfg.log_file is not None):
-            return self
-        try:
-            base = _runtime_dir()
-        except (OSError, NotImplementedError) as err:
-            msg = f"Daemon '{self.name}': no runtime directory for its default files: {err}"
-            raise DaemonError(self.name, msg) from err
-        command = cfg.start_command
-        if command is None or callable(command):
-            command_key = getattr(command, "__qualname__", "")
-        else:
-            command_key = command_text(command)
-        stem = default_stem(self.name, str(cfg.cwd or Path.cwd()), command_key)
-        return replace(
-            self,
-            config=replace(
-                cfg,
-                pid_file=cfg.pid_file or base / f"{stem}.pid",
-                log_file=cfg.log_file or base / f"{stem}.log",
-            ),
-        )
+        config = _options.with_default_files(self.name, self.config)
+        return self if config is self.config else replace(self, config=config)
 
     def _target(self) -> Target:
         """What stop(), is_running() and read_pid() need (raises ValueError without a PID file)."""
@@ -183,6 +159,45 @@ class Daemon:
             ping=CommandPing(_options.command(self.name, "the ping command", command))
         )
 
+    def ping_log(self, pattern: str | re.Pattern[str]) -> Self:
+        """Ready once a line matching ``pattern`` appears in the log after the start began.
+
+        The log is ``log()``'s file (where a program run in the foreground
+        writes). Lines are read as written, without a line limit; a line
+        counts once its newline is written; rotation and truncation are
+        followed. With a ping (``ping_tcp()`` ...) both must hold: the ping
+        is asked after the line, which many daemons log just before serving.
+
+        Args:
+            pattern: A regular expression, searched for in each line.
+
+        Raises:
+            ValueError: ``pattern`` is not a valid regular expression.
+        """
+        return self._with(ping_log=_options.log_pattern(self.name, pattern))
+
+    def notify(self, value: bool = True) -> Self:
+        """The daemon says when it is ready, through systemd's notify protocol (sd_notify).
+
+        Each start gets a private socket, passed in ``NOTIFY_SOCKET``. ``READY=1``
+        means ready (with a ping or ``ping_log()``: once all hold); ``MAINPID=``
+        (or the sender of ``READY=1``) is the daemon, so it needs no PID file:
+        the library writes one once it is ready. ``STATUS=`` is logged and kept
+        for ``status()``; ``ERRNO=``/``STOPPING=1`` fail the start at once;
+        ``EXTEND_TIMEOUT_USEC=`` extends it. Only messages from processes of
+        the start count. The daemon may stay in the foreground or not.
+
+        Raises:
+            NotImplementedError: The platform has no unix datagram sockets (Windows).
+        """
+        if value and not _platform.HAS_NOTIFY:
+            msg = (
+                f"Daemon '{self.name}': notify() needs unix datagram sockets, which "
+                "this platform does not have; use a ping or ping_log() instead"
+            )
+            raise NotImplementedError(msg)
+        return self._with(notify=bool(value))
+
     def ping(self, function: Callable[[], object]) -> Self:
         """Ready when ``function()`` returns something truthy.
 
@@ -217,38 +232,29 @@ class Daemon:
             raise TypeError(msg)
         return self._with(before_start=function)
 
+    def _seconds(self, option: str, seconds: float, *, allow_zero: bool = True) -> Self:
+        checked = _options.seconds(self.name, option, seconds, allow_zero=allow_zero)
+        return self._with(**{option: checked})
+
     def start_timeout(self, seconds: float) -> Self:
         """Longest a start may take, waiting for pings included (default 30 s)."""
-        return self._with(
-            start_timeout=_options.seconds(self.name, "start_timeout", seconds, allow_zero=False)
-        )
+        return self._seconds("start_timeout", seconds, allow_zero=False)
 
     def start_abort_timeout(self, seconds: float) -> Self:
         """After a start timeout, how long SIGTERM gets before SIGKILL (default 10 s)."""
-        return self._with(
-            start_abort_timeout=_options.seconds(self.name, "start_abort_timeout", seconds)
-        )
+        return self._seconds("start_abort_timeout", seconds)
 
     def stop_timeout(self, seconds: float) -> Self:
         """Longest a stop may take before the daemon is killed (default 30 s)."""
-        return self._with(stop_timeout=_options.seconds(self.name, "stop_timeout", seconds))
+        return self._seconds("stop_timeout", seconds)
 
     def log_activity_timeout(self, seconds: float) -> Self:
         """How long a silent log means a backgrounded daemon died before its PID file (10 s)."""
-        return self._with(
-            log_activity_timeout=_options.seconds(
-                self.name,
-                "log_activity_timeout",
-                seconds,
-                allow_zero=False,
-            ),
-        )
+        return self._seconds("log_activity_timeout", seconds, allow_zero=False)
 
     def ping_interval(self, seconds: float) -> Self:
         """The longest pause between pings while waiting for readiness (default 0.1 s)."""
-        return self._with(
-            ping_interval=_options.seconds(self.name, "ping_interval", seconds, allow_zero=False)
-        )
+        return self._seconds("ping_interval", seconds, allow_zero=False)
 
     def stop_signal(self, signal: str | int) -> Self:
         """The signal ``stop()`` sends without a stop command (default ``"TERM"``)."""

@@ -9,18 +9,21 @@ required parts are proven present, so nothing further down re-checks them.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import _platform
-from ._errors import hide_frames
-from ._files import DaemonFiles
+from ._errors import DaemonError, hide_frames
+from ._files import DaemonFiles, default_stem
 
 if TYPE_CHECKING:
+    import re
+
     from ._probes import Probe
 
 #: pytest shows our errors without our frames (see ``_errors.hide_frames``).
@@ -80,6 +83,27 @@ def probe(identifier: str, kind: Callable[..., Probe], *args: object) -> Probe:
     except (ValueError, TypeError) as err:
         msg = f"Daemon '{identifier}': {err}"
         raise type(err)(msg) from None
+
+
+def log_pattern(identifier: str, pattern: object) -> re.Pattern[str]:
+    """Check and compile a ``ping_log()`` pattern (a str, or a compiled str pattern).
+
+    Raises:
+        ValueError: Not a valid regular expression.
+        TypeError: Neither a str nor a compiled str pattern.
+    """
+    import re  # noqa: PLC0415 - compiled patterns only; re is imported already anyway
+
+    if isinstance(pattern, re.Pattern) and isinstance(pattern.pattern, str):
+        return pattern
+    if not isinstance(pattern, str) or not pattern:
+        msg = f"Daemon '{identifier}': ping_log() takes a regular expression, not {pattern!r}"
+        raise TypeError(msg)
+    try:
+        return re.compile(pattern)
+    except re.error as err:
+        msg = f"Daemon '{identifier}': ping_log() pattern {pattern!r} is not valid: {err}"
+        raise ValueError(msg) from None
 
 
 def seconds(identifier: str, what: str, value: float, *, allow_zero: bool = True) -> float:
@@ -144,7 +168,8 @@ class DaemonConfig:
             argv tuple (run directly), or a function returning either.
         stop_command: How to stop it; ``None`` sends ``stop_signal``.
         restart_command: How to restart it; ``None`` means stop, then start.
-        ping: How to tell that it is ready to serve.
+        ping: How to tell that it is ready to serve, by asking it (an address,
+            a command or a function, tried again and again).
         pid_file: Where the daemon writes its PID.
         log_file: Where the daemon writes its log; read for error messages.
         lock_file: The lock serialising starts and stops; ``None`` means the PID
@@ -170,6 +195,10 @@ class DaemonConfig:
         cwd: The working directory for those commands; ``None`` keeps ours.
         user: Run those commands as this user (POSIX, when we are root).
         logger: Where the library logs what it does.
+        ping_log: Ready once a line matching this pattern appears in the
+            log after the start began (with ``ping``: once both hold).
+        notify: The daemon says when it is ready, through the sd_notify
+            protocol (``NOTIFY_SOCKET``); with ``ping``/``ping_log``, all must hold.
     """
 
     start_command: StartCommand | None = None
@@ -193,6 +222,69 @@ class DaemonConfig:
     cwd: Path | None = None
     user: str | None = None
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("daemon_controller"))
+    ping_log: re.Pattern[str] | None = None
+    notify: bool = False
+
+    @property
+    def readiness(self) -> tuple[str, ...]:
+        """How a start tells that the daemon is ready: ``"notify"``, ``"log"``, ``"ping"``.
+
+        In that order, each present when it is used (all must hold); empty
+        when nothing is set. For machines (``status --json``) and messages.
+        """
+        methods = (
+            ("notify", self.notify),
+            ("log", self.ping_log is not None),
+            ("ping", self.ping is not None),
+        )
+        return tuple(name for name, used in methods if used)
+
+    @property
+    def own_pid_file(self) -> bool:
+        """Whether the library may write the PID file when the daemon writes none.
+
+        It may for a program it runs in the foreground, and for a daemon
+        that names its PID itself (``notify()``: ``MAINPID=``, or the process
+        that sent ``READY=1``).
+        """
+        return self.foreground or self.notify
+
+
+@functools.cache
+def _runtime_dir() -> Path:
+    # Made and checked once per process: every action's first call needs it.
+    return _platform.runtime_dir()
+
+
+def with_default_files(name: str, config: DaemonConfig) -> DaemonConfig:
+    """``config`` with a PID and a log file in our runtime directory where it names none.
+
+    Only for a daemon whose PID file the library may write (``foreground()``,
+    ``notify()``); others are returned as they are. The files are named after
+    the daemon and keyed by its name, its working directory (``cwd()``, or the
+    process's now) and its start command.
+
+    Raises:
+        DaemonError: The runtime directory is not safe to use.
+    """
+    if not config.own_pid_file or (config.pid_file is not None and config.log_file is not None):
+        return config
+    try:
+        base = _runtime_dir()
+    except (OSError, NotImplementedError) as err:
+        msg = f"Daemon '{name}': no runtime directory for its default files: {err}"
+        raise DaemonError(name, msg) from err
+    command = config.start_command
+    if command is None or callable(command):
+        command_key = getattr(command, "__qualname__", "")
+    else:
+        command_key = command_text(command)
+    stem = default_stem(name, str(config.cwd or Path.cwd()), command_key)
+    return replace(
+        config,
+        pid_file=config.pid_file or base / f"{stem}.pid",
+        log_file=config.log_file or base / f"{stem}.log",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,25 +308,33 @@ class StartTarget(Target):
 
     Attributes:
         command: The start command (or the function returning it).
-        probe: The readiness check.
+        probe: The readiness check asked again and again, or ``None`` when the
+            daemon tells us instead (``notify()``, ``ping_log()``).
         log_file: The daemon's log.
     """
 
     command: StartCommand
-    probe: Probe
+    probe: Probe | None
     log_file: Path
 
 
 _HINTS = {
     "start_command": "start_with(...)",
-    "ping": "ping_tcp(...), ping_unix(...), ping_http(...), ping_command(...) or ping(...)",
+    "ping": (
+        "ping_tcp(...), ping_unix(...), ping_http(...), ping_command(...), ping(...), "
+        "ping_log(...) or notify()"
+    ),
     "pid_file": "pid(...)",
     "log_file": "log(...)",
 }
 
 
 def _missing(name: str, config: DaemonConfig, parts: tuple[str, ...]) -> ValueError:
-    missing = [part for part in parts if getattr(config, part) is None]
+    missing = [
+        part
+        for part in parts
+        if getattr(config, part) is None and not (part == "ping" and config.readiness)
+    ]
     hints = "; ".join(f"{part}: set it with .{_HINTS[part]}" for part in missing)
     return ValueError(f"Daemon '{name}' is missing {', '.join(missing)} ({hints})")
 
@@ -251,29 +351,42 @@ def target(name: str, config: DaemonConfig) -> Target:
 
 
 def start_target(name: str, config: DaemonConfig) -> StartTarget:
-    """What a start needs: a start command, a ping, a PID file and a log file.
+    """What a start needs: a start command, a readiness check, a PID file and a log file.
+
+    The readiness check is a ping, ``ping_log()`` or ``notify()`` (or several).
 
     Raises:
-        ValueError: Any of them is not set (the message names each, and how to set it).
+        ValueError: Any of them is not set (the message names each, and how to
+            set it), or ``ping_log()`` is given a log that cannot be read back.
     """
-    cmd, probe, pid_file, log_file = (
-        config.start_command,
-        config.ping,
-        config.pid_file,
-        config.log_file,
-    )
-    if cmd is None or probe is None or pid_file is None or log_file is None:
+    cmd, pid_file, log_file = config.start_command, config.pid_file, config.log_file
+    if cmd is None or not config.readiness or pid_file is None or log_file is None:
         raise _missing(name, config, ("start_command", "ping", "pid_file", "log_file"))
+    if config.ping_log is not None and str(log_file) in _platform.PASSTHROUGH_LOG_PATHS:
+        msg = (
+            f"Daemon '{name}': ping_log() reads the daemon's log, but its log "
+            f"{str(log_file)!r} is our own terminal; give log() a file"
+        )
+        raise ValueError(msg)
     files = DaemonFiles.of(pid_file, config.lock_file)
-    return StartTarget(name, config, files, cmd, probe, log_file)
+    return StartTarget(name, config, files, cmd, config.ping, log_file)
 
 
 def ping_of(name: str, config: DaemonConfig) -> Probe:
     """The ping, which a restart by restart command needs.
 
+    A restart command's daemon is waited for by asking its ping; a log line
+    or a notify message of the restarted daemon is not listened for.
+
     Raises:
         ValueError: No ping is set.
     """
     if config.ping is None:
-        raise _missing(name, config, ("ping",))
+        msg = (
+            f"Daemon '{name}': a restart command is waited for through a ping "
+            "(ping_tcp(...), ping_unix(...), ping_http(...), ping_command(...) or "
+            "ping(...)); without one, leave out restart_with() and restart() stops, "
+            "then starts it"
+        )
+        raise ValueError(msg)
     return config.ping

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from . import _actions, _process
+from . import _actions, _notify, _process
 from ._errors import hide_frames
 from ._probes import PingUnusable
 
@@ -40,6 +40,10 @@ class Status:
         pid_file: Its PID file.
         problem: Why the ping could not even be asked (its command cannot
             run), or ``None``.
+        readiness: How its starts tell that it is ready: ``"notify"``,
+            ``"log"`` and/or ``"ping"`` (see ``DaemonConfig.readiness``).
+        notify_status: The last ``STATUS=`` text it sent while it started
+            (``notify()``), if the running daemon sent one; else ``None``.
     """
 
     name: str
@@ -50,6 +54,8 @@ class Status:
     ping: str | None
     pid_file: Path
     problem: str | None = None
+    readiness: tuple[str, ...] = ()
+    notify_status: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -89,4 +95,6 @@ def status(target: Target, timeout: float) -> Status:
         ping=None if probe is None else probe.describe(),
         pid_file=target.files.pid,
         problem=problem,
+        readiness=target.config.readiness,
+        notify_status=None if pid is None else _notify.read_status(target.files.status, pid),
     )

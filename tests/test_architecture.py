@@ -35,6 +35,8 @@ LAYERS = [
     "_commands",
     "_logs",
     "_notify",
+    "_readiness",
+    "_launch",
     # the steps of the actions
     "_ownership",
     "_start",
