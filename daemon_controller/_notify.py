@@ -20,11 +20,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from . import _platform
-from ._files import atomic_write, read_tail
+from ._files import read_tail
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -80,30 +81,69 @@ class NotifySocket:
         self._sock.close()
 
 
-# -- the last STATUS= of a start, beside the PID file ---------------------------------------
+# -- the STATUS= texts, beside the PID file ------------------------------------------------
+#
+# One JSON line per message, appended: appending is one write() to a file that
+# exists, which costs microseconds, while replacing a file (a rename) can take
+# milliseconds on ext4, which a start that has just become ready must not spend.
+
+_APPEND_FLAGS = (
+    os.O_WRONLY
+    | os.O_APPEND
+    | os.O_CREAT
+    | getattr(os, "O_CLOEXEC", 0)
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_NONBLOCK", 0)
+)
+#: The record is started afresh beyond this size (at the start of a start).
+_RECORDS_LIMIT = 64 * 1024
+#: A status text longer than this is cut.
+_STATUS_LIMIT = 2048
 
 
-def write_status(path: Path, pid: int | None, text: str) -> None:
-    """Record the last ``STATUS=`` text of the daemon ``pid`` (best effort)."""
-    with contextlib.suppress(OSError):
-        atomic_write(path, json.dumps({"pid": pid, "status": text}).encode())
+class StatusRecord:
+    """Where one start appends the ``STATUS=`` texts, opened before the daemon runs.
+
+    Opening is the slow part of an append; with the file open, recording the
+    status that comes with ``READY=1`` is one ``write()``. Only a regular file
+    is written (a FIFO or device planted at the path is left alone).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._fd: int | None = None
+        with contextlib.suppress(OSError):
+            if os.lstat(path).st_size > _RECORDS_LIMIT:
+                os.unlink(path)  # start the record afresh once it has grown large
+        with contextlib.suppress(OSError):
+            fd = os.open(path, _APPEND_FLAGS, 0o600)
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                self._fd = fd
+            else:
+                os.close(fd)
+
+    def append(self, pid: int | None, text: str) -> None:
+        """Record that the daemon ``pid`` sent ``STATUS=text`` (best effort)."""
+        if self._fd is not None:
+            line = json.dumps({"pid": pid, "status": text[:_STATUS_LIMIT]}) + "\n"
+            with contextlib.suppress(OSError):
+                os.write(self._fd, line.encode())
+
+    def close(self) -> None:
+        """Close the file."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
 
 
-def read_status(path: Path, pid: int | None) -> str | None:
-    """The recorded ``STATUS=`` text, if it was recorded for ``pid`` (any, for ``None``)."""
-    text = read_tail(path, limit=_RECORD_LIMIT)
-    try:
-        record = json.loads(text or "null")
-    except ValueError:
-        return None
-    if not isinstance(record, dict) or not isinstance(record.get("status"), str):
-        return None
-    if pid is not None and record.get("pid") != pid:
-        return None
-    return str(record["status"])
-
-
-def clear_status(path: Path) -> None:
-    """Forget the recorded ``STATUS=`` (a new start begins)."""
-    with contextlib.suppress(OSError):
-        os.unlink(path)
+def read_status(path: Path, pid: int) -> str | None:
+    """The last ``STATUS=`` text recorded for ``pid``, or ``None``."""
+    text = read_tail(path, limit=_RECORD_LIMIT) or ""
+    for line in reversed(text.splitlines()):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # the first line of the tail may be cut
+        if isinstance(record, dict) and record.get("pid") == pid:
+            status = record.get("status")
+            return status if isinstance(status, str) else None
+    return None

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _platform
 from ._logs import LogLines
-from ._notify import Message, NotifySocket, write_status
+from ._notify import Message, NotifySocket, StatusRecord
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -74,16 +74,17 @@ class Readiness:
         self.pattern = cfg.ping_log
         self.deadline = deadline
         self.is_ours = is_ours
-        self.status_file = target.files.status
         self.lines = LogLines(log) if self.pattern is not None else None
         self.watch = _platform.watch_files([log.path]) if self.pattern is not None else None
         self.seen: str | None = None  # the line that matched
         self.notify = cfg.notify
         self.socket = NotifySocket() if cfg.notify else None
+        self.record = StatusRecord(target.files.status) if cfg.notify else None
         self.ready = False  # READY=1 received
         self.sender: int | None = None  # who sent it
         self.main_pid: int | None = None  # MAINPID=
         self.status: str | None = None  # the last STATUS=
+        self.status_pid: int | None = None  # whose it is, as recorded
         self.ignored = 0
 
     # what the daemon is given, and what wakes us ---------------------------------------------
@@ -148,18 +149,11 @@ class Readiness:
                 )
             return
         if "STATUS" in fields:
-            self.status = fields["STATUS"]
-            self.logger.info("Daemon '%s' says: %s", self.name, self.status)
-            write_status(self.status_file, self.main_pid or sender, self.status)
+            self._status(fields["STATUS"], self.main_pid or sender)
         if "MAINPID" in fields:
             self._main_pid(fields["MAINPID"], sender)
         if "EXTEND_TIMEOUT_USEC" in fields:
-            usec = _number(fields["EXTEND_TIMEOUT_USEC"])
-            if usec is not None:
-                self.deadline.extend(usec / 1e6)
-                self.logger.info(
-                    "Daemon '%s' asked for %.3f s more to start", self.name, usec / 1e6
-                )
+            self._extend(fields["EXTEND_TIMEOUT_USEC"])
         errno = _number(fields.get("ERRNO", ""))
         if errno:
             detail = os.strerror(errno) if errno < 4096 else "unknown error"  # noqa: PLR2004 - errno range
@@ -169,6 +163,21 @@ class Readiness:
         if fields.get("READY") == "1" and not self.ready:
             self.ready, self.sender = True, sender
             self.logger.info("Daemon '%s' sent READY=1 (PID %s)", self.name, sender)
+
+    def _status(self, text: str, pid: int | None) -> None:
+        self.logger.info("Daemon '%s' says: %s", self.name, text)
+        self._record(text, pid)
+
+    def _record(self, text: str, pid: int | None) -> None:
+        self.status, self.status_pid = text, pid
+        if self.record is not None:
+            self.record.append(pid, text)
+
+    def _extend(self, value: str) -> None:
+        usec = _number(value)
+        if usec is not None:
+            self.deadline.extend(usec / 1e6)
+            self.logger.info("Daemon '%s' asked for %.3f s more to start", self.name, usec / 1e6)
 
     def _main_pid(self, value: str, sender: int | None) -> None:
         pid = _number(value)
@@ -225,9 +234,9 @@ class Readiness:
         return "; ".join(parts) or "not ready"
 
     def finish(self, pid: int | None) -> None:
-        """The start is over: record the last status for ``pid``; close everything."""
-        if self.status is not None and pid is not None:
-            write_status(self.status_file, pid, self.status)
+        """The start is over: the last status is the ready daemon ``pid``'s; close everything."""
+        if pid is not None and self.status is not None and self.status_pid != pid:
+            self._record(self.status, pid)
         self.close()
 
     def close(self) -> None:
@@ -236,6 +245,8 @@ class Readiness:
         if self.socket is not None:
             self.socket.close()
             self.socket = None
+        if self.record is not None:
+            self.record.close()
 
 
 def _number(text: str) -> int | None:

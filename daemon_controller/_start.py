@@ -22,7 +22,7 @@ from __future__ import annotations
 import enum
 from typing import TYPE_CHECKING, NoReturn
 
-from . import _commands, _notify, _pidfile, _platform, _process, _tracking
+from . import _commands, _pidfile, _platform, _process, _tracking
 from ._errors import StartError, hide_frames
 from ._fdwait import wait_readable
 from ._launch import Launch
@@ -82,6 +82,7 @@ class Start:
         self.proc: subprocess.Popen[bytes] | None = None
         self.returncode: int | None = None  # the start command's, once it exited
         self.pid: int | None = None  # the daemon's PID, once known
+        self.pid_written: int | None = None  # what its PID file said at the last look
         self.last_activity = 0.0
         self.readiness = self._readiness()  # last: it opens the notify socket
 
@@ -103,6 +104,7 @@ class Start:
                 if pid is None:
                     return None
                 self.phase = Phase.PING
+                self._close_pid_watch()  # now, not when the daemon is ready: it takes a while
             case _:
                 pid = self._find_pid()
                 if pid is None:  # pragma: no cover - _find_pid raises once the PID is known
@@ -156,9 +158,11 @@ class Start:
         the foreground.
         """
         assert self.proc is not None  # noqa: S101 - set in run()
-        written = _pidfile.read_pid(self.pid_file)
+        written = self.pid_written = _pidfile.read_pid(self.pid_file)
         if written is not None:
             if self.exits.alive(written):
+                if written != self.pid:
+                    self.launch.tracker.adopt(written)  # now: a notify message may come from it
                 self.pid = written
                 return written
             if self.pid is None or written == self.pid:
@@ -356,7 +360,6 @@ class Start:
 
     def _readiness(self) -> Readiness:
         """What the daemon will tell us, and the notify socket it tells it through."""
-        _notify.clear_status(self.target.files.status)
         try:
             return Readiness(self.target, self.log, self.deadline, self.launch.is_ours)
         except OSError as err:
@@ -365,6 +368,9 @@ class Start:
 
     def _close_watches(self) -> None:
         self.readiness.finish(self.pid if self.phase is Phase.READY else None)
+        self._close_pid_watch()
+
+    def _close_pid_watch(self) -> None:
         if self.pid_watch is not None:
             self.pid_watch.close()
             self.pid_watch = None
@@ -377,8 +383,7 @@ class Start:
         written only now, and only if the program wrote none itself. A PID file
         we cannot write fails the start (and stops the program).
         """
-        own = self.cfg.own_pid_file
-        if not own or self.pid is None or _pidfile.read_pid(self.pid_file) is not None:
+        if not self.cfg.own_pid_file or self.pid is None or self.pid_written:
             return
         try:
             _pidfile.write(self.pid_file, self.pid)

@@ -5,6 +5,12 @@ created, rotated or truncated meanwhile), so it watches their *directories*
 and picks out the events that name them. A symlinked file is watched where
 its link lives and where it points.
 
+Closing an inotify descriptor makes the kernel wait for a grace period
+(5-25 ms on a busy VM), which a start that is ready must not spend. So a
+finished watch only removes its watches (microseconds) and its descriptor
+waits, idle, for the next start of this process; a forked child drops the
+idle ones (closing its copies is cheap: the parent still holds them).
+
 Why not a dependency: ``inotify_simple`` (the smallest well-kept one) wraps
 the same three libc calls; for us it would add a package and its import time
 without saving more than the thirty lines below. Where libc has no
@@ -18,6 +24,7 @@ import contextlib
 import os
 import struct
 import sys
+import threading
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -50,6 +57,21 @@ _MASK = (
 )
 _EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of name
 _libc: Any = None
+#: Descriptors without watches, kept for the next start (see the module's docstring).
+_idle: list[int] = []
+_idle_lock = threading.Lock()
+_MAX_IDLE = 4
+
+
+def _forget_idle() -> None:
+    for fd in _idle:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _idle.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_idle)
 
 
 def _inotify() -> Any:  # noqa: ANN401 - a ctypes library, or False where there is none
@@ -63,6 +85,7 @@ def _inotify() -> Any:  # noqa: ANN401 - a ctypes library, or False where there 
             libc = ctypes.CDLL(None, use_errno=True)
             libc.inotify_init1.argtypes = [ctypes.c_int]
             libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+            libc.inotify_rm_watch.argtypes = [ctypes.c_int, ctypes.c_int]
             _libc = libc
     return _libc
 
@@ -109,18 +132,32 @@ class FileWatch:
                 wd, mask, _cookie, size = _EVENT.unpack_from(data, offset)
                 name = data[offset + _EVENT.size : offset + _EVENT.size + size].rstrip(b"\0")
                 offset += _EVENT.size + size
-                if mask & (_IN_Q_OVERFLOW | _IN_IGNORED):
-                    self.complete = self.complete and not mask & _IN_IGNORED
+                if mask & _IN_Q_OVERFLOW:
                     found = True
+                elif mask & _IN_IGNORED:
+                    if wd in self._names:  # (not an earlier user's watch)
+                        self.complete = False
+                        found = True
                 elif name in self._names.get(wd, ()):
                     found = True
 
     def close(self) -> None:
-        """Stop watching."""
+        """Stop watching; the descriptor is kept for reuse (see the module's docstring)."""
         fd, self._fd = self._fd, -1
-        if fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        if fd < 0:
+            return
+        libc = _inotify()
+        for wd in self._names:
+            libc.inotify_rm_watch(fd, wd)
+        self._names = {}
+        with contextlib.suppress(OSError):
+            while os.read(fd, 64 * 1024):  # the IN_IGNORED events of those removals
+                pass
+        with _idle_lock:
+            if len(_idle) < _MAX_IDLE:
+                _idle.append(fd)
+                return
+        os.close(fd)
 
 
 def watch_files(paths: Iterable[Path]) -> FileWatch | None:
@@ -128,7 +165,8 @@ def watch_files(paths: Iterable[Path]) -> FileWatch | None:
     libc = _inotify()
     if not libc:
         return None
-    fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+    with _idle_lock:
+        fd = _idle.pop() if _idle else libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
     if fd < 0:
         return None
     names: dict[int, set[bytes]] = {}

@@ -33,6 +33,7 @@ _SCM_CREDENTIALS: int | None = getattr(socket, "SCM_CREDENTIALS", None)
 _UCRED = struct.Struct("iII")  # pid, uid, gid
 #: Descriptors passed along (FDSTORE=1) that we accept only in order to close them.
 _MAX_FDS = 16
+_ANCILLARY = socket.CMSG_SPACE(_UCRED.size) + socket.CMSG_SPACE(_MAX_FDS * 4)
 
 
 class NotifySocket:
@@ -71,10 +72,9 @@ class NotifySocket:
     def receive(self) -> list[tuple[int | None, bytes]]:
         """Every message waiting, oldest first: ``(sender's PID or None, bytes)``."""
         messages: list[tuple[int | None, bytes]] = []
-        ancillary = socket.CMSG_SPACE(_UCRED.size) + socket.CMSG_SPACE(_MAX_FDS * 4)
         while True:
             try:
-                data, cmsgs, _flags, _address = self._sock.recvmsg(_MESSAGE_LIMIT, ancillary)
+                data, cmsgs, _flags, _address = self._sock.recvmsg(_MESSAGE_LIMIT, _ANCILLARY)
             except OSError:  # nothing more waiting (BlockingIOError), or closed
                 return messages
             pid = None
