@@ -68,7 +68,11 @@ class Launch:
         elif self.detached:
             # The program (may) stay in the foreground: its output is its log.
             try:
+                created = not self.log.path.exists()
                 stdout = open(self.log.path, "ab")  # noqa: SIM115, PTH123 - handed to the child, closed below
+                user = self.target.config.user
+                if created and user is not None:  # the daemon may open it by name too
+                    _platform.give_to_user(stdout.fileno(), user)
             except OSError as err:
                 msg = (
                     f"Daemon '{self.name}' failed to start: cannot open its log file "

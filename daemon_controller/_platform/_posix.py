@@ -144,6 +144,24 @@ def detach_kwargs(user: str | None = None) -> dict[str, Any]:
     return kwargs
 
 
+def give_to_user(fd: int, user: str) -> None:
+    """Make the file open as ``fd`` belong to ``user`` (when we are root; else nothing).
+
+    For a log file we create for a daemon run as another user: the daemon
+    (``pg_ctl -l``, a reopen after rotation) must be able to write it too.
+    """
+    import pwd  # noqa: PLC0415 - only for .user()
+
+    if os.geteuid() != 0:
+        return
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        return
+    with contextlib.suppress(OSError):
+        os.fchown(fd, entry.pw_uid, entry.pw_gid)
+
+
 def user_environment(user: str) -> dict[str, str]:
     """``HOME``, ``USER`` and ``LOGNAME`` for ``user`` (what ``runuser`` would set)."""
     import pwd  # noqa: PLC0415 - only for .user()

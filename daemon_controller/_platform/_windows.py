@@ -125,6 +125,12 @@ def detach_kwargs(user: str | None = None) -> dict[str, Any]:
     return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
 
 
+def give_to_user(fd: int, user: str) -> None:
+    """Not supported on Windows (no ``.user()``)."""
+    del fd, user
+    raise NotImplementedError(_WRONG_OS)
+
+
 def user_environment(user: str) -> dict[str, str]:
     """Not supported on Windows."""
     del user
