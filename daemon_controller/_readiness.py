@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from . import _platform
 from ._logs import LogLines
 from ._notify import Message, NotifySocket, StatusRecord
+from ._probes import PingUnusable
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -80,7 +81,7 @@ class Readiness:
         self.notify = cfg.notify
         self.socket = NotifySocket() if cfg.notify else None
         self.record = StatusRecord(target.files.status) if cfg.notify else None
-        self.ready = False  # READY=1 received
+        self.notified = False  # READY=1 received
         self.sender: int | None = None  # who sent it
         self.main_pid: int | None = None  # MAINPID=
         self.status: str | None = None  # the last STATUS=
@@ -160,8 +161,8 @@ class Readiness:
             raise self._failed(f"it reported error {errno} ({detail})", sender)
         if fields.get("STOPPING") == "1":
             raise self._failed("it reported that it is stopping (STOPPING=1)", sender)
-        if fields.get("READY") == "1" and not self.ready:
-            self.ready, self.sender = True, sender
+        if fields.get("READY") == "1" and not self.notified:
+            self.notified, self.sender = True, sender
             self.logger.info("Daemon '%s' sent READY=1 (PID %s)", self.name, sender)
 
     def _status(self, text: str, pid: int | None) -> None:
@@ -209,13 +210,51 @@ class Readiness:
     @property
     def told(self) -> bool:
         """Whether everything the daemon is to tell us has been told (nothing to tell: yes)."""
-        notified = not self.notify or self.ready
+        notified = not self.notify or self.notified
         return notified and (self.pattern is None or self.seen is not None)
+
+    def ready(self, pid: int | None) -> bool:
+        """Whether the daemon is ready: it told all it is to tell, then answers its ping.
+
+        Args:
+            pid: The daemon's PID, if known (for the error).
+
+        Raises:
+            Failed: The ping can never answer (its command cannot be run).
+        """
+        if not self.told:
+            return False
+        if self.probe is None:
+            return True
+        try:
+            return self.probe.check(min(max(self.deadline.remaining(), 0.001), 1.0))
+        except PingUnusable as err:
+            raise Failed(
+                f"Daemon '{self.name}' failed to start: its ping can never answer: {err.detail}",
+                exit_status=err.exit_status,
+                pid=pid,
+            ) from err
+
+    def death(self, pid: int, status: int | None, signame: str | None, *, logged: bool) -> str:
+        """What was missing when the daemon died, and how it died, for the error's first line.
+
+        E.g. "pattern 'x' not seen; the daemon (PID 12) exited with status 1; its last lines:".
+
+        Args:
+            pid: The daemon that exited.
+            status: Its exit status, if known.
+            signame: The signal that ended it, if known.
+            logged: Whether it wrote anything to its log (shown after this text).
+        """
+        how = f" with status {status}" if status is not None else ""
+        how = f" on {signame}" if signame is not None else how
+        lines = "; its last lines:" if logged else "."
+        return f"{self.missing()}; the daemon (PID {pid}) exited{how}{lines}"
 
     @property
     def named_pid(self) -> int | None:
         """The PID the daemon named (``MAINPID=``), or the one that sent ``READY=1``."""
-        return self.main_pid or (self.sender if self.ready else None)
+        return self.main_pid or (self.sender if self.notified else None)
 
     def missing(self, *, answered: bool = False) -> str:
         """What has not happened yet, for messages: "pattern 'x' not seen; …".
@@ -224,7 +263,7 @@ class Readiness:
             answered: Whether the ping has answered (it is not listed then).
         """
         parts = []
-        if self.notify and not self.ready:
+        if self.notify and not self.notified:
             status = f" (its last STATUS: {self.status})" if self.status else ""
             parts.append(f"no READY=1 received{status}")
         if self.pattern is not None and self.seen is None:

@@ -28,7 +28,6 @@ from ._fdwait import wait_readable
 from ._launch import Launch
 from ._logs import LogWatch
 from ._options import command_text
-from ._probes import PingUnusable
 from ._readiness import Failed, Readiness
 from ._waiting import Deadline, MonotonicClock, poll_until
 
@@ -109,7 +108,7 @@ class Start:
                 pid = self._find_pid()
                 if pid is None:  # pragma: no cover - _find_pid raises once the PID is known
                     return None
-        if not (self.readiness.told and self._ping()):
+        if not self.readiness.ready(self.pid):
             if not self.exits.alive(pid):
                 self._died(pid)
             return None
@@ -117,18 +116,6 @@ class Start:
             self._died(pid)
         self.phase = Phase.READY
         return True
-
-    def _ping(self) -> bool:
-        if self.probe is None:
-            return True
-        try:
-            return self.probe.check(min(max(self.deadline.remaining(), 0.001), 1.0))
-        except PingUnusable as err:
-            raise Failed(
-                f"Daemon '{self.name}' failed to start: its ping can never answer: {err.detail}",
-                exit_status=err.exit_status,
-                pid=self.pid,
-            ) from err
 
     def _command_exited(self, returncode: int) -> None:
         if returncode == 0:
@@ -241,11 +228,8 @@ class Start:
         )
 
     def _death(self, pid: int, exit_status: int | None, signame: str | None) -> str:
-        """What was missing when the daemon died, how it died, and whether it logged anything."""
-        how = f" with status {exit_status}" if exit_status is not None else ""
-        how = f" on {signame}" if signame is not None else how
-        lines = "; its last lines:" if (self.log.new_text() or "").strip() else "."
-        return f"{self.readiness.missing()}; the daemon (PID {pid}) exited{how}{lines}"
+        logged = bool((self.log.new_text() or "").strip())
+        return self.readiness.death(pid, exit_status, signame, logged=logged)
 
     # pausing between looks -------------------------------------------------------
 

@@ -19,6 +19,7 @@ from echo_server import echo_command
 from helpers import MARKER, event_time, free_port, roundtrip
 
 from daemon_controller import Daemon, StartError, StartTimeout
+from daemon_controller._logs import MAX_LINE, LogLines, LogWatch
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -194,3 +195,40 @@ def test_a_log_that_is_our_terminal_cannot_be_read():
     daemon = Daemon("x").start_with("true").ping_log("x").pid("x.pid").log("/dev/stderr")
     with pytest.raises(ValueError, match="ping_log"):
         daemon.start()
+
+
+# -- following the file itself --------------------------------------------------------------
+
+
+def append(path: Path, data: bytes) -> None:
+    with path.open("ab") as f:
+        f.write(data)
+
+
+def test_lines_are_joined_and_followed_through_rotation_and_truncation(tmp_path):
+    log = tmp_path / "d.log"
+    log.write_bytes(b"written before the start\n")
+    lines = LogLines(LogWatch(log))
+    append(log, b"half a li")
+    assert lines.read() == []  # not complete yet
+    append(log, b"ne\nnext\r\n")
+    assert lines.read() == ["half a line", "next"]
+    log.rename(tmp_path / "d.log.1")  # rotated: the old file gets a last line...
+    append(tmp_path / "d.log.1", b"late in the old file\n")
+    log.write_bytes(b"first in the new file\n")  # ...and a new one begins
+    assert lines.read() == ["late in the old file", "first in the new file"]
+    log.write_bytes(b"")  # truncated in place (copytruncate)
+    append(log, b"after the truncation\n")
+    assert lines.read() == ["after the truncation"]
+    lines.close()
+
+
+def test_binary_data_and_endless_lines_take_bounded_memory(tmp_path):
+    log = tmp_path / "d.log"
+    lines = LogLines(LogWatch(log))  # created during the start: all of it is new
+    append(log, b"\xff\xfe\x00bin\n" + b"x" * (3 * MAX_LINE + 10) + b"\nend\n")
+    read = lines.read()
+    assert read[0] == "\ufffd\ufffd\x00bin"
+    assert [len(line) for line in read[1:-1]] == [MAX_LINE, MAX_LINE, MAX_LINE, 10]
+    assert read[-1] == "end"
+    lines.close()
