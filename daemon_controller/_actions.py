@@ -70,9 +70,17 @@ def _refuse_stranger(target: StartTarget) -> None:
 def start_locked(target: StartTarget) -> None:
     """Start the daemon; the caller holds the exclusive lock."""
     pid_file = target.files.pid
-    running = _pidfile.live_pid(pid_file)
+    running = _pidfile.live(target)
     if running is not None:
         raise AlreadyStarted(target.name, running)
+    refused = _pidfile.refusal(pid_file)
+    if refused is not None:
+        msg = (
+            f"Daemon '{target.name}' cannot be started: {refused}. If the daemon is not "
+            "running, remove the PID file."
+        )
+        raise StartError(target.name, msg, ran=False)
+    _stop.leftovers(target, SYSTEM_CLOCK)  # of a start whose controller was killed
     _pidfile.remove(pid_file)  # leftover from a crash, or stale
     _refuse_stranger(target)
     if target.config.before_start is not None:
@@ -101,9 +109,9 @@ def ensure_running_locked(target: StartTarget, since: int) -> bool:
         ``True`` if this call started the daemon, ``False`` if it was running.
     """
     files = target.files
-    if _pidfile.live_pid(files.pid) is not None:
+    if _pidfile.live(target) is not None:
         return False
-    shared = _failures.recorded_since(files, since)
+    shared = _failures.recorded_since(files, since, target.name)
     if shared is not None:
         target.config.logger.info(
             "Daemon '%s': the start this call waited for failed; not retrying", target.name
@@ -157,7 +165,7 @@ def restart_with(target: Target, command: Command, probe: Probe) -> None:
             )
 
         def ready() -> bool | None:
-            if _pidfile.live_pid(pid_file) is None:
+            if _pidfile.live(target) is None:
                 return None
             try:
                 return True if probe.check(0.5) else None
@@ -185,8 +193,8 @@ def read_pid(target: Target) -> int | None:
     """
     pid_file = target.files.pid
     with _lock.locked(target.files.lock, target.name, shared=True, create=False):
-        pid = _pidfile.live_pid(pid_file)
-        if pid is None:
+        pid = _pidfile.live(target)
+        if pid is None and _pidfile.refusal(pid_file) is None:
             _stop.remove_stale(pid_file)
     return pid
 
@@ -230,12 +238,12 @@ def _start_and_connect(
             finally:
                 exclusive.__exit__()
         with _lock.locked(files.lock, name, shared=True):
-            if _pidfile.live_pid(files.pid) is not None:
+            if _pidfile.live(target) is not None:
                 result, error = _attempt(function)
                 if result is not None:
                     return result, error
                 break  # running, yet no answer: one last try under the exclusive lock
-            shared = _failures.recorded_since(files, since)
+            shared = _failures.recorded_since(files, since, name)
             if shared is not None:
                 raise shared
     # A stop() slipped in, or the lock stayed busy: queue for it this time.

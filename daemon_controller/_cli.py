@@ -1,32 +1,38 @@
 """The ``daemon-controller`` command: a project's daemons, declared once in TOML.
 
+:func:`run` is the whole command, writing to the streams it is given and
+changing nothing global (tests call it in-process); :func:`main` is the
+console script around it, which also turns SIGTERM into the same clean-up as
+Ctrl-C.
+
 Exit codes: 0 success, 1 a daemon failed (its error output is shown), 2 a usage
-or configuration error.
+or configuration error; ``exec`` passes its command's exit code through.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
-import os
 import signal
-import subprocess
 import sys
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import IO, TYPE_CHECKING, Any
 
 from . import _toml
-from ._errors import AlreadyStarted, ConfigError, DaemonError
+from ._cli_commands import (
+    cmd_down,
+    cmd_exec,
+    cmd_logs,
+    cmd_restart,
+    cmd_status,
+    cmd_up,
+)
+from ._cli_output import FAILED, USAGE, Output, Usage, signal_of, visible
+from ._errors import ConfigError, DaemonError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Sequence
+    from collections.abc import Iterator, Sequence
 
-    from ._daemon import Daemon
-    from ._scoped import Running
 
 EXAMPLES = """\
 examples:
@@ -43,313 +49,57 @@ The daemons come from daemons.toml ([daemons.<name>] tables) or from
 pyproject.toml ([tool.daemon-controller.daemons.<name>]) in this directory or
 above it, or from -c FILE.
 
-exit codes: 0 success, 1 a daemon failed, 2 usage or configuration error
+exit codes: 0 success, 1 a daemon failed, 2 usage or configuration error;
+exec exits with its command's code
 """
 
-OK, FAILED, USAGE = 0, 1, 2
+_LOGGER = "daemon_controller"
 
 
-class _Usage(Exception):
-    pass
+# -- the command line --------------------------------------------------------------------
 
 
-class Output:
-    """Where messages go: colours and a live status line only on a terminal."""
-
-    def __init__(self, stream: IO[str] | None = None) -> None:
-        self.stream = stream or sys.stdout
-        self.tty = self.stream.isatty()
-        self.color = (
-            self.tty and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
-        )
-        self._lock = threading.Lock()
-        self._status_shown = False
-
-    def paint(self, text: str, code: str) -> str:
-        """``text`` in an ANSI colour when colours are on."""
-        return f"\033[{code}m{text}\033[0m" if self.color else text
-
-    def line(self, text: str) -> None:
-        """A message on a line of its own (clearing any live status line)."""
-        with self._lock:
-            if self._status_shown:
-                self.stream.write("\r\033[K")
-                self._status_shown = False
-            self.stream.write(text + "\n")
-            self.stream.flush()
-
-    def status(self, text: str) -> None:
-        """The live status line (terminals only; elsewhere nothing)."""
-        if not self.tty:
-            return
-        width = max(20, _terminal_width() - 1)
-        with self._lock:
-            self.stream.write("\r\033[K" + text[:width])
-            self.stream.flush()
-            self._status_shown = True
-
-    def clear(self) -> None:
-        """Remove the live status line."""
-        with self._lock:
-            if self._status_shown:
-                self.stream.write("\r\033[K")
-                self.stream.flush()
-                self._status_shown = False
-
-
-def _terminal_width() -> int:
-    try:
-        columns = os.get_terminal_size(sys.stdout.fileno()).columns
-    except (OSError, ValueError):
-        columns = 0
-    return columns or 80  # an unsized pseudo-terminal (script, docker -t) says 0
-
-
-def _last_log_line(daemon: Daemon) -> str:
-    log = daemon.resolved().config.log_file
-    if log is None:
-        return ""
-    try:
-        with log.open("rb") as f:
-            f.seek(max(0, os.fstat(f.fileno()).st_size - 4096))
-            lines = f.read().decode("utf-8", errors="replace").splitlines()
-    except OSError:
-        return ""
-    return next((line.strip() for line in reversed(lines) if line.strip()), "")
-
-
-@contextlib.contextmanager
-def _live(out: Output, verb: str, daemons: dict[str, Daemon]) -> Iterator[None]:
-    """While the block runs, refresh a status line: who, how long, their last log line."""
-    done = threading.Event()
-    started = time.monotonic()
-
-    def refresh() -> None:
-        while not done.wait(0.1):
-            names = ", ".join(daemons)
-            last = ""
-            for name, daemon in daemons.items():
-                line = _last_log_line(daemon)
-                if line:
-                    last = f" | {name}: {line}"
-            out.status(f"{verb} {names} ({time.monotonic() - started:.1f} s){last}")
-
-    thread = threading.Thread(target=refresh, daemon=True) if out.tty else None
-    if thread is not None:
-        thread.start()
-    try:
-        yield
-    finally:
-        done.set()
-        if thread is not None:
-            thread.join()
-        out.clear()
-
-
-def _indent(text: str) -> str:
-    return "\n".join("    " + line for line in text.splitlines())
-
-
-def _run_waves(
-    out: Output,
-    project: _toml.Project,
-    waves: list[list[str]],
-    verb: str,
-    action: Callable[[str, Daemon], str | None],
-) -> int:
-    """Run ``action`` on each wave's daemons concurrently; stop at the first failed wave."""
-    status = OK
-    for wave in waves:
-        daemons = {name: project.daemons[name] for name in wave}
-        results: dict[str, str | BaseException | None] = {}
-        with _live(out, verb, daemons), ThreadPoolExecutor(max_workers=len(wave)) as pool:
-            futures = {name: pool.submit(action, name, daemons[name]) for name in wave}
-            for name, future in futures.items():
-                try:
-                    results[name] = future.result()
-                except DaemonError as err:
-                    results[name] = err
-        for name in wave:
-            result = results[name]
-            if isinstance(result, BaseException):
-                status = FAILED
-                out.line(f"{out.paint('FAILED', '31;1')} {name}: {type(result).__name__}")
-                out.line(_indent(str(result)))
-            elif result:
-                out.line(f"{out.paint('ok', '32')} {name}: {result}")
-        if status != OK:
-            break
-    return status
-
-
-def _start_one(_name: str, daemon: Daemon) -> str | None:
-    if daemon.is_running():
-        return f"already running (PID {daemon.read_pid()})"
-    started = time.monotonic()
-    try:
-        daemon.start()
-    except AlreadyStarted as err:  # somebody else started it meanwhile: fine
-        return f"already running (PID {err.pid})"
-    return f"started (PID {daemon.read_pid()}) in {time.monotonic() - started:.2f} s"
-
-
-def _stop_one(_name: str, daemon: Daemon) -> str | None:
-    pid = daemon.read_pid()
-    if pid is None:
-        return "not running"
-    started = time.monotonic()
-    daemon.stop()
-    return f"stopped (PID {pid}) in {time.monotonic() - started:.2f} s"
-
-
-def _restart_one(_name: str, daemon: Daemon) -> str | None:
-    started = time.monotonic()
-    daemon.restart()
-    return f"restarted (PID {daemon.read_pid()}) in {time.monotonic() - started:.2f} s"
-
-
-def cmd_up(out: Output, project: _toml.Project, names: list[str]) -> int:
-    """Start what is not running, in ``after`` order, independent daemons at once."""
-    return _run_waves(out, project, project.order(names or None), "starting", _start_one)
-
-
-def _only(project: _toml.Project, names: list[str]) -> list[list[str]]:
-    """The ``after`` waves, keeping only ``names`` (all when empty)."""
-    waves = project.order(names or None)
-    return [w for w in ([n for n in wave if not names or n in names] for wave in waves) if w]
-
-
-def cmd_down(out: Output, project: _toml.Project, names: list[str]) -> int:
-    """Stop, in reverse ``after`` order."""
-    return _run_waves(out, project, list(reversed(_only(project, names))), "stopping", _stop_one)
-
-
-def cmd_restart(out: Output, project: _toml.Project, names: list[str]) -> int:
-    """Restart, in ``after`` order."""
-    return _run_waves(out, project, _only(project, names), "restarting", _restart_one)
-
-
-def _describe(name: str, daemon: Daemon) -> dict[str, Any]:
-    import psutil  # noqa: PLC0415 - only the status command needs it here
-
-    pid = daemon.read_pid()
-    row: dict[str, Any] = {"name": name, "state": "stopped", "pid": None, "uptime": None}
-    if pid is not None:
-        row.update(state="running", pid=pid)
-        with contextlib.suppress(psutil.Error):
-            row["uptime"] = round(time.time() - psutil.Process(pid).create_time(), 1)
-    probe = daemon.config.ping
-    row["ping"] = None if probe is None else ("ok" if probe.check(1.0) else "no answer")
-    row["ping_target"] = None if probe is None else probe.describe()
-    return row
-
-
-def _uptime(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(seconds)
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
-
-
-def cmd_status(out: Output, project: _toml.Project, names: list[str], *, as_json: bool) -> int:
-    """A table (or JSON) of every daemon: state, PID, uptime and ping."""
-    order = [n for wave in project.order(names or None) for n in wave]
-    rows = [_describe(name, project.daemons[name]) for name in order]
-    if as_json:
-        out.line(json.dumps(rows, indent=2))
-        return OK
-    table = [["NAME", "STATE", "PID", "UPTIME", "PING"]]
-    for row in rows:
-        ping = f"{row['ping']} ({row['ping_target']})" if row["ping"] else "-"
-        table.append(
-            [row["name"], row["state"], str(row["pid"] or "-"), _uptime(row["uptime"]), ping]
-        )
-    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
-    for i, r in enumerate(table):
-        cells = [c.ljust(w) for c, w in zip(r, widths, strict=True)]
-        if i > 0:
-            cells[1] = out.paint(cells[1], "32" if r[1] == "running" else "33")
-        out.line("  ".join(cells).rstrip())
-    return OK
-
-
-def cmd_logs(out: Output, project: _toml.Project, name: str, lines: int) -> int:
-    """The last lines of a daemon's log file."""
-    if name not in project.daemons:
-        raise _Usage(f"no daemon named {name!r} (declared: {', '.join(sorted(project.daemons))})")
-    log = project.daemons[name].resolved().config.log_file
-    if log is None:
-        raise _Usage(f"daemon {name!r} has no log file ('log' key)")
-    try:
-        with log.open("rb") as f:
-            f.seek(max(0, os.fstat(f.fileno()).st_size - 256 * 1024))
-            text = f.read().decode("utf-8", errors="replace")
-    except FileNotFoundError:
-        out.line(f"(no log yet at {log})")
-        return OK
-    except OSError as err:
-        out.line(f"cannot read {log}: {err.strerror}")
-        return FAILED
-    for line in text.splitlines()[-lines:] if lines > 0 else []:
-        out.line(line)
-    return OK
-
-
-def cmd_exec(
-    out: Output, project: _toml.Project, names: list[str], command: list[str], *, keep: bool
-) -> int:
-    """Run ``command`` with the daemons up; stop the ones this started unless ``keep``.
-
-    Each daemon is entered as a ``running()`` block, so two ``exec`` runs at
-    once share the daemons: the one that started a daemon does not stop it
-    while the other's command still uses it; the last one out does.
-    """
-    if not command:
-        raise _Usage("exec needs a command after '--', e.g.: daemon-controller exec -- pytest")
-    waves = project.order(names or None)
-    blocks: list[Running] = []
-    lock = threading.Lock()
-
-    def enter(_name: str, daemon: Daemon) -> str | None:
-        running_before = daemon.read_pid()
-        block = daemon.running(stop=False if keep else None)
-        started = time.monotonic()
-        block.__enter__()
-        with lock:
-            blocks.append(block)
-        if running_before is not None:
-            return f"already running (PID {running_before})"
-        return f"started (PID {daemon.read_pid()}) in {time.monotonic() - started:.2f} s"
+def _version() -> str:
+    from importlib import metadata  # noqa: PLC0415 - only --version needs it
 
     try:
-        status = _run_waves(out, project, waves, "starting", enter)
-        if status != OK:
-            return status
-        try:
-            return subprocess.call(command)
-        except FileNotFoundError:
-            out.line(f"{out.paint('FAILED', '31;1')} cannot run {command[0]!r}: not found")
-            return 127
-        except KeyboardInterrupt:
-            return 130
-    finally:
-        _leave_all(out, blocks)
+        return metadata.version("daemon-controller")
+    except metadata.PackageNotFoundError:  # run from a source tree
+        return "(version unknown: not installed)"
 
 
-def _leave_all(out: Output, blocks: list[Running]) -> None:
-    """Leave the blocks in reverse order, reporting what that stopped."""
-    for block in reversed(blocks):
-        pid = block.daemon.read_pid()
-        try:
-            block.__exit__(None, None, None)
-        except DaemonError as err:
-            out.line(f"{out.paint('FAILED', '31;1')} {block.daemon.name}: {type(err).__name__}")
-            out.line(_indent(str(err)))
-            continue
-        if pid is not None and block.daemon.read_pid() is None:
-            out.line(f"{out.paint('ok', '32')} {block.daemon.name}: stopped (PID {pid})")
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` that writes to the streams :func:`run` was given."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # noqa: ANN401 - ArgumentParser's own
+        if sys.version_info >= (3, 14):
+            kwargs.setdefault("color", False)  # it would look at sys.stdout, not our stream
+        super().__init__(*args, **kwargs)
+        self.out: IO[str] = sys.stdout
+        self.err: IO[str] = sys.stderr
+
+    def _print_message(self, message: str, file: Any = None) -> None:  # noqa: ANN401 - as in argparse
+        if message:
+            stream = self.err if file is sys.stderr else self.out
+            stream.write(visible(message, newlines=True))
+            stream.flush()
+
+
+class _VersionAction(argparse.Action):
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:  # noqa: ANN401 - argparse's
+        kwargs.update(nargs=0, default=argparse.SUPPRESS)
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        del namespace, values, option_string
+        parser._print_message(f"{parser.prog} {_version()}\n", None)  # noqa: SLF001 - our _Parser
+        parser.exit()
 
 
 def _count(text: str) -> int:
@@ -360,82 +110,144 @@ def _count(text: str) -> int:
     return value
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+_CONFIG_HELP = "the daemons file (default: daemons.toml or pyproject.toml here or above)"
+_VERBOSE_HELP = "log what the library does, on standard error"
+
+
+def _parser(stdout: IO[str], stderr: IO[str]) -> _Parser:
+    parser = _Parser(
         prog="daemon-controller",
         description="Start, stop and check the daemons a project declares in daemons.toml.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("-c", "--config", metavar="FILE", help="the daemons file to use")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what the library does")
+    parser.add_argument("--version", action=_VersionAction, help="print the version and exit")
+    parser.add_argument("-c", "--config", metavar="FILE", help=_CONFIG_HELP)
+    parser.add_argument("-v", "--verbose", action="store_true", help=_VERBOSE_HELP)
     # -c and -v are accepted after the command too: `daemon-controller up -v`.
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-c", "--config", metavar="FILE", default=argparse.SUPPRESS)
-    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "-c", "--config", metavar="FILE", default=argparse.SUPPRESS, help=_CONFIG_HELP
+    )
+    common.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=_VERBOSE_HELP
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parsers: list[_Parser] = [parser]
+
+    def command(name: str, text: str, **kwargs: Any) -> _Parser:  # noqa: ANN401 - add_parser's
+        kwargs.setdefault("description", text[0].upper() + text[1:] + ".")
+        p: _Parser = sub.add_parser(name, help=text, parents=[common], **kwargs)
+        parsers.append(p)
+        return p
+
     for name, text in (
         ("up", "start the daemons that are not running"),
         ("down", "stop the daemons, in reverse order"),
         ("restart", "restart the daemons"),
     ):
-        p = sub.add_parser(name, help=text, description=text, parents=[common])
-        p.add_argument("names", nargs="*", metavar="NAME", help="only these daemons")
-    p = sub.add_parser(
-        "status", help="show state, PID, uptime and ping of each daemon", parents=[common]
-    )
+        command(name, text).add_argument(
+            "names", nargs="*", metavar="NAME", help="only these daemons"
+        )
+    p = command("status", "show state, PID, uptime and ping of each daemon")
     p.add_argument("names", nargs="*", metavar="NAME", help="only these daemons")
     p.add_argument("--json", action="store_true", help="print JSON for machines")
-    p = sub.add_parser("logs", help="show the end of a daemon's log", parents=[common])
-    p.add_argument("name", metavar="NAME")
+    p = command("logs", "show the end of a daemon's log")
+    p.add_argument("name", metavar="NAME", help="the daemon")
     p.add_argument("-n", "--lines", type=_count, default=20, help="how many lines (default 20)")
-    p = sub.add_parser(
+    p = command(
         "exec",
-        help="run a command with the daemons up",
+        "run a command with the daemons up",
+        usage="%(prog)s [-h] [-c FILE] [-v] [--keep] [NAME ...] -- COMMAND [ARG ...]",
         description="Start the daemons, run COMMAND, pass its exit code through, and stop "
-        "the daemons this started (unless --keep).",
-        parents=[common],
+        "the daemons this started (unless --keep). Progress goes to standard error; "
+        "standard output is the command's.",
     )
     p.add_argument("names", nargs="*", metavar="NAME", help="only these daemons")
     p.add_argument("--keep", action="store_true", help="leave the daemons running afterwards")
+    for each in parsers:
+        each.out, each.err = stdout, stderr
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code."""
-    args_in = list(sys.argv[1:] if argv is None else argv)
+class _SafeFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return visible(super().format(record), newlines=True)
+
+
+@contextlib.contextmanager
+def _logging_to(stream: IO[str], *, verbose: bool) -> Iterator[None]:
+    """Send the library's log records to ``stream`` for the block (debug ones with -v)."""
+    logger = logging.getLogger(_LOGGER)
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(_SafeFormatter("%(asctime)s %(name)s: %(message)s"))
+    handler.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    level = logger.level
+    logger.addHandler(handler)
+    if verbose:
+        logger.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def run(argv: Sequence[str], stdout: IO[str], stderr: IO[str]) -> int:
+    """Run the command line ``argv`` (without the program name); returns the exit code.
+
+    Writes to ``stdout`` and ``stderr`` only (the library's log records go to
+    ``stderr`` during the call, through a handler removed afterwards), and
+    installs no signal handler: a ``KeyboardInterrupt`` is the interruption.
+    The command run by ``exec`` inherits the process's own file descriptors
+    0, 1 and 2, not these streams.
+    """
+    args_in = list(argv)
     command: list[str] = []
     if "--" in args_in:
         cut = args_in.index("--")
         args_in, command = args_in[:cut], args_in[cut + 1 :]
-    parser = _parser()
-    args = parser.parse_args(args_in)  # exits 2 on a usage error, as argparse does
-    out = Output()
-    err = Output(sys.stderr)
-    # A CI timeout sends SIGTERM: treat it like Ctrl-C, so that `exec` still
-    # stops the daemons it started.
-    with contextlib.suppress(ValueError):  # not the main thread (embedded use)
-        signal.signal(signal.SIGTERM, _interrupt)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(asctime)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
     try:
-        project = _project(args, command)
-        return _dispatch(out, project, args, command)
-    except (_Usage, ConfigError) as problem:
-        err.line(f"daemon-controller: {problem}")
-        return USAGE
-    except ValueError as problem:  # an incomplete daemon: a configuration problem
-        err.line(f"daemon-controller: {problem}")
-        return USAGE
-    except DaemonError as problem:
-        err.line(f"daemon-controller: {problem}")
-        return FAILED
-    except KeyboardInterrupt:
-        err.line("daemon-controller: interrupted")
-        return 130
+        args = _parser(stdout, stderr).parse_args(args_in)
+    except SystemExit as leave:  # --help, --version, or a usage error (already printed)
+        return leave.code if isinstance(leave.code, int) else USAGE
+    out = Output(stdout)
+    err = Output(stderr)
+    with _logging_to(stderr, verbose=args.verbose):
+        try:
+            project = _project(args, command)
+            return _dispatch(out, err, project, args, command)
+        except (Usage, ConfigError) as problem:
+            err.block(f"daemon-controller: {problem}", indent="")
+            return USAGE
+        except ValueError as problem:  # an incomplete daemon: a configuration problem
+            err.block(f"daemon-controller: {problem}", indent="")
+            return USAGE
+        except DaemonError as problem:
+            err.block(f"daemon-controller: {problem}", indent="")
+            return FAILED
+        except KeyboardInterrupt as interrupt:
+            err.line("daemon-controller: interrupted")
+            return 128 + signal_of(interrupt)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The console script: :func:`run` on ``sys.argv``, with SIGTERM handled like Ctrl-C.
+
+    A CI job that times out sends SIGTERM; raising ``KeyboardInterrupt`` for it
+    (carrying the signal's number) lets ``exec`` pass it on to its command and
+    stop the daemons it started. Ctrl-C keeps Python's own SIGINT handler,
+    which raises ``KeyboardInterrupt`` (or stays ignored when the parent
+    ignored SIGINT, as for a background job).
+    """
+    previous: Any = None
+    with contextlib.suppress(ValueError):  # not the main thread (embedded use): no handler
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return run(sys.argv[1:] if argv is None else argv, sys.stdout, sys.stderr)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _interrupt(signum: int, _frame: object) -> None:
@@ -444,10 +256,10 @@ def _interrupt(signum: int, _frame: object) -> None:
 
 def _project(args: argparse.Namespace, command: list[str]) -> _toml.Project:
     if args.command != "exec" and command:
-        raise _Usage(f"'--' only goes with exec, not {args.command}")
+        raise Usage(f"'--' only goes with exec, not {args.command}")
     path = args.config or _toml.find()
     if path is None:
-        raise _Usage(
+        raise Usage(
             "no daemons.toml here or above (nor a pyproject.toml with "
             "[tool.daemon-controller.daemons.<name>]); use -c FILE"
         )
@@ -455,7 +267,11 @@ def _project(args: argparse.Namespace, command: list[str]) -> _toml.Project:
 
 
 def _dispatch(
-    out: Output, project: _toml.Project, args: argparse.Namespace, command: list[str]
+    out: Output,
+    err: Output,
+    project: _toml.Project,
+    args: argparse.Namespace,
+    command: list[str],
 ) -> int:
     if args.command == "up":
         return cmd_up(out, project, args.names)
@@ -467,4 +283,4 @@ def _dispatch(
         return cmd_status(out, project, args.names, as_json=args.json)
     if args.command == "logs":
         return cmd_logs(out, project, args.name, args.lines)
-    return cmd_exec(out, project, args.names, command, keep=args.keep)
+    return cmd_exec(err, project, args.names, command, keep=args.keep)

@@ -16,6 +16,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from . import _platform, _tracking
 from ._errors import hide_frames
+from ._files import read_span
 from ._options import command_text
 
 if TYPE_CHECKING:
@@ -30,16 +31,18 @@ __tracebackhide__ = hide_frames
 def environment(
     config: DaemonConfig, marker: str | None = None, extra: Mapping[str, str] | None = None
 ) -> dict[str, str] | None:
-    """The environment for a command: ours, the user's (``.user()``), ``.env()``, the marker.
+    """The environment for a command: ours, ``.env()``, the marker, then ``extra``.
 
-    ``extra`` (``NOTIFY_SOCKET`` of a start) comes last. ``None`` (inherit ours
-    unchanged) when there is nothing to add.
+    With ``.user()``, that user's login environment instead of ours (none of
+    our sessions' or agents' variables; see ``_platform.user_environment``).
+    ``extra`` (``NOTIFY_SOCKET`` of a start) comes last. ``None`` (inherit
+    ours unchanged) when there is nothing to add.
     """
     if not config.env and marker is None and config.user is None and not extra:
         return None
     env = dict(os.environ)
     if config.user is not None:
-        env.update(_platform.user_environment(config.user))
+        env = _platform.user_environment(config.user, env)
     env.update(config.env)
     if marker is not None:
         env[_tracking.MARKER] = marker
@@ -92,9 +95,15 @@ def describe_exit(returncode: int) -> tuple[int | None, str | None]:
 
 
 def read_output(handle: IO[bytes]) -> str:
-    """Everything written to a temporary output file, as text."""
-    handle.seek(0)
-    return handle.read().decode("utf-8", errors="replace")
+    """What was written to a temporary output file, as text: its first and last 32 KiB.
+
+    A command printing 200 MB must not make a 200 MB exception (nor a
+    200 MB ``.failure`` record): the middle is left out, and a line says how
+    much (see :func:`~daemon_controller._files.read_span`).
+    """
+    handle.flush()
+    fd = handle.fileno()
+    return read_span(fd, 0, os.fstat(fd).st_size)
 
 
 @dataclass(slots=True)
@@ -149,7 +158,7 @@ def spawn(
     config: DaemonConfig,
     command: Command,
     *,
-    stdout: IO[bytes] | None,
+    stdout: IO[bytes] | int | None,
     marker: str,
     foreground: bool,
     extra_env: Mapping[str, str] | None = None,

@@ -147,7 +147,7 @@ class Daemon:
 
     def ping_unix(self, path: PathArg) -> Self:
         """Ready when the unix socket at ``path`` accepts a connection."""
-        return self._with(ping=UnixPing(absolute(path)))
+        return self._with(ping=_options.probe(self.name, UnixPing, absolute(path)))
 
     def ping_http(self, url: str) -> Self:
         """Ready when a GET of ``url`` answers 2xx or 3xx."""

@@ -12,12 +12,14 @@ with the command's output and the daemon's new log lines.
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import tempfile
 from typing import IO, TYPE_CHECKING
 
-from . import _commands, _pidfile, _platform, _process, _tracking
+from . import _commands, _interrupts, _pidfile, _platform, _process, _record, _tracking
 from ._errors import StartError, StartTimeout, hide_frames
+from ._logs import open_for_program
 from ._options import command_text
 
 if TYPE_CHECKING:
@@ -62,17 +64,13 @@ class Launch:
             StartError: The log cannot be opened or the command cannot be run
                 (nothing ran).
         """
-        stdout: IO[bytes] | None
+        stdout: IO[bytes] | int | None
         if self.log.passthrough:
             stdout = None  # the user wants the daemon's output on our terminal
         elif self.detached:
             # The program (may) stay in the foreground: its output is its log.
             try:
-                created = not self.log.path.exists()
-                stdout = open(self.log.path, "ab")  # noqa: SIM115, PTH123 - handed to the child, closed below
-                user = self.target.config.user
-                if created and user is not None:  # the daemon may open it by name too
-                    _platform.give_to_user(stdout.fileno(), user)
+                stdout = open_for_program(self.log.path, self.target.config.user)
             except OSError as err:
                 msg = (
                     f"Daemon '{self.name}' failed to start: cannot open its log file "
@@ -96,8 +94,8 @@ class Launch:
             msg = f"Daemon '{self.name}' failed to start: cannot run {text}: {err}"
             raise StartError(self.name, msg, ran=False) from err
         finally:
-            if self.detached and stdout is not None:
-                stdout.close()
+            if isinstance(stdout, int):
+                os.close(stdout)
         if self.detached:
             _process.adopt(proc)
         self.tracker.adopt(proc.pid)
@@ -126,18 +124,23 @@ class Launch:
 
         SIGTERM, ``start_abort_timeout`` seconds, then SIGKILL; found through the
         PID file and the environment marker (see ``_tracking``), so a daemon that
-        double-forked into its own session is found too.
+        double-forked into its own session is found too. Ctrl-C cannot cut it
+        short (it is raised when the abort is done), but makes SIGKILL follow
+        SIGTERM at once.
 
         Args:
             pid: The daemon's PID, if the start learned it.
             clock: For the grace period.
         """
+        _interrupts.complete(lambda interrupts: self._abort_steps(pid, clock, interrupts))
+
+    def _abort_steps(self, pid: int | None, clock: Clock, interrupts: _interrupts.Deferred) -> None:
         cfg = self.target.config
         pid_file = self.target.files.pid
         written = _pidfile.read_pid(pid_file)
         for known in _present(written, pid):
             self.tracker.adopt(known)
-        victims = self.tracker.terminate(cfg.start_abort_timeout, clock)
+        victims = self.tracker.terminate(cfg.start_abort_timeout, clock, interrupts.pending)
         if victims:
             cfg.logger.warning(
                 "Daemon '%s': stopped PIDs %s after a failed start",
@@ -151,6 +154,7 @@ class Launch:
                 self.proc.wait(timeout=_process.KILL_GRACE)
         if written is not None and not _process.is_alive(written):
             _pidfile.remove_if_names(pid_file, written)
+        _record.clear(self.target.files.record)
         _process.reap_all()
 
     def error(self, failure: Failed) -> StartError:

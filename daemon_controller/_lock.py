@@ -8,27 +8,37 @@ process dies.
 
 The file is opened without truncation and, where the OS allows, without
 following a symlink, so a lock path that points at a file somebody cares about
-never damages it.
+never damages it. It is created 0600 (an existing one of ours is made so), and
+one owned by another user is refused: ``flock`` needs only read access, so a
+user who can open our lock file can hold it forever, blocking ``is_running()``
+and ``stop()``.
 
 Each thread keeps its lock files open between calls (``is_running()`` at tens
 of thousands of calls a second should not open and close a file each time).
 The cache is per thread, because two threads must hold separate open files
 for their locks to exclude each other; a cached file that has been deleted
 (its link count is 0) is reopened, so a lock file removed and recreated by
-someone is followed; and the cache is dropped in a forked child, which must
-not share its parent's open files.
+someone is followed; it keeps at most ``_MAX_OPEN`` files, dropping deleted
+ones first (a test suite with a daemon per temporary directory uses thousands
+of lock files once each); and it is dropped in a forked child, which must not
+share its parent's open files.
+
+A ``KeyboardInterrupt`` may land between any two lines. Every lock is owned by
+an object from the moment it may be taken, and that object releases it when it
+is left (``with``) or, if the interrupt came before that could happen, when it
+is dropped (``__del__``, once the interrupt has been handled).
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import threading
 from typing import TYPE_CHECKING
 
 from . import _platform
 from ._errors import DaemonError, hide_frames
+from ._files import UnsafeFileError, open_file, own_uids
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -36,33 +46,41 @@ if TYPE_CHECKING:
 #: pytest shows our errors without our frames (see ``_errors.hide_frames``).
 __tracebackhide__ = hide_frames
 
-_OPEN_FLAGS = (
-    os.O_RDWR
-    | os.O_CREAT
-    | getattr(os, "O_NOFOLLOW", 0)
-    | getattr(os, "O_CLOEXEC", 0)
-    | getattr(os, "O_BINARY", 0)
-)
+_OPEN_FLAGS = os.O_RDWR | os.O_CREAT
+#: Lock files one thread keeps open at most.
+_MAX_OPEN = 64
 
 
 def _open(path: Path, identifier: str, *, create: bool = True) -> int | None:
+    """Open (or create, 0600) one of our lock or lease files; ``None``: it is missing."""
     flags = _OPEN_FLAGS if create else _OPEN_FLAGS & ~os.O_CREAT
     try:
-        return os.open(path, flags, 0o644)
+        fd = open_file(path, flags, mode=0o600, owners=own_uids())
     except FileNotFoundError:
         return None
-    except OSError as err:
-        if err.errno == errno.ELOOP:
-            msg = (
-                f"Daemon '{identifier}': lock file {str(path)!r} is a symbolic link; "
-                "refusing to follow it. Choose another path with .lock(path)."
+    except UnsafeFileError as err:
+        msg = (
+            f"Daemon '{identifier}': refusing lock file {err}"
+            + (
+                "; refusing to follow it"
+                if "symbolic link" in err.problem
+                else " (whoever can open it can hold it locked for ever)"
             )
-        else:
-            msg = (
-                f"Daemon '{identifier}': cannot open lock file {str(path)!r}: "
-                f"{err.strerror}. Choose another path with .lock(path)."
-            )
+            + ". Remove it, or choose another path with .lock(path)."
+        )
         raise DaemonError(identifier, msg) from err
+    except OSError as err:
+        msg = (
+            f"Daemon '{identifier}': cannot open lock file {str(path)!r}: "
+            f"{err.strerror}. Choose another path with .lock(path)."
+        )
+        raise DaemonError(identifier, msg) from err
+    fchmod = getattr(os, "fchmod", None)
+    if fchmod is not None:
+        with contextlib.suppress(OSError):
+            if os.fstat(fd).st_mode & 0o077:
+                fchmod(fd, 0o600)  # made 0644 by an older version: others could lock it
+    return fd
 
 
 def _missing_dir(path: Path, identifier: str) -> DaemonError:
@@ -75,21 +93,32 @@ def _missing_dir(path: Path, identifier: str) -> DaemonError:
 
 
 class Held:
-    """An open lock file with a lock on it; ``release()`` drops both."""
+    """An open lock file with a lock on it; ``release()`` drops both.
 
-    __slots__ = ("_fd",)
+    Dropped without ``release()`` (an interrupt came first), it releases itself.
+    """
+
+    __slots__ = ("_fd", "_pid")
 
     def __init__(self, fd: int) -> None:
         self._fd: int | None = fd
+        self._pid = os.getpid()
 
     def release(self) -> None:
         """Unlock and close; calling it twice is harmless."""
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            try:
+        fd = self._fd
+        if fd is None:
+            return
+        try:
+            if self._pid == os.getpid():  # a forked child's copy shares the parent's lock
                 _platform.unlock_fd(fd)
-            finally:
-                os.close(fd)
+        finally:
+            self._fd = None  # first: a descriptor closed twice may be somebody else's by then
+            os.close(fd)  # releases the lock too, if the unlock was interrupted
+
+    def __del__(self) -> None:
+        with contextlib.suppress(OSError):
+            self.release()
 
 
 def acquire(path: Path, identifier: str, *, shared: bool, blocking: bool = True) -> Held | None:
@@ -104,19 +133,20 @@ def acquire(path: Path, identifier: str, *, shared: bool, blocking: bool = True)
 
     Raises:
         DaemonError: The lock file cannot be created (its directory is missing
-            or not writable, or it is a symlink).
+            or not writable), or it is a symlink or somebody else's file.
     """
-    fd = _open(path, identifier)
-    if fd is None:
+    # One line: from the open on, an object owns the descriptor (and the lock once taken).
+    held = None if (fd := _open(path, identifier)) is None else Held(fd)
+    if held is None or fd is None:
         raise _missing_dir(path, identifier)
     try:
         if not _platform.lock_fd(fd, shared=shared, blocking=blocking):
-            os.close(fd)
+            held.release()
             return None
     except BaseException:
-        os.close(fd)
+        held.release()
         raise
-    return Held(fd)
+    return held
 
 
 class _OpenFiles(dict[str, int]):
@@ -132,8 +162,8 @@ class _ThreadState(threading.local):
     def __init__(self) -> None:
         # Lock files this thread keeps open (closed when the thread ends).
         self.files: dict[str, int] = _OpenFiles()
-        # path -> shared?: the daemon locks this thread holds right now.
-        self.held: dict[str, bool] = {}
+        # path -> (shared?, id of the ``locked`` holding it): what this thread holds now.
+        self.held: dict[str, tuple[bool, int]] = {}
 
 
 _state = _ThreadState()
@@ -150,25 +180,48 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_after_fork)
 
 
+def _deleted(fd: int) -> bool:
+    """Whether the open file has no name any more (or cannot be looked at)."""
+    try:
+        return os.fstat(fd).st_nlink == 0
+    except OSError:
+        return True
+
+
+def _make_room(state: _ThreadState) -> None:
+    """Close cached files until there is room for one more: deleted ones, then the oldest.
+
+    Files this thread holds a lock on stay open.
+    """
+    files = state.files
+    idle = [key for key in files if key not in state.held]
+    drop = [key for key in idle if _deleted(files[key])]
+    if len(files) - len(drop) >= _MAX_OPEN:
+        drop += [key for key in idle if key not in drop][: len(files) - len(drop) - _MAX_OPEN + 1]
+    for key in drop:
+        with contextlib.suppress(OSError):
+            os.close(files.pop(key))
+
+
 def _cached_fd(path: Path, identifier: str, *, create: bool = True) -> int | None:
     """This thread's open descriptor for ``path`` (``None``: it, or its directory, is missing)."""
-    files = _state.files
+    state = _state
+    files = state.files
     key = str(path)
     cached = files.get(key)
     if cached is not None:
         # Still the file at that path? A deleted lock file (st_nlink 0) must not
         # be locked any more: others lock the new file at the same path.
-        try:
-            if os.fstat(cached).st_nlink > 0:
-                return cached
-        except OSError:
-            pass
+        if not _deleted(cached):
+            return cached
         del files[key]
         with contextlib.suppress(OSError):
             os.close(cached)
     fd = _open(path, identifier, create=create)
     if fd is None:
         return None
+    if len(files) >= _MAX_OPEN:
+        _make_room(state)
     files[key] = fd
     return fd
 
@@ -196,7 +249,7 @@ class locked:  # noqa: N801 - used like a function: ``with locked(...)``
             exclusive lock while holding the shared one (which would deadlock).
     """
 
-    __slots__ = ("_fd", "_key", "create", "identifier", "path", "shared")
+    __slots__ = ("_fd", "_held", "_key", "_local", "create", "identifier", "path", "shared")
 
     def __init__(self, path: Path, identifier: str, *, shared: bool, create: bool = True) -> None:
         self.path = path
@@ -205,6 +258,8 @@ class locked:  # noqa: N801 - used like a function: ``with locked(...)``
         self.create = create
         self._fd: int | None = None
         self._key = ""
+        self._held: dict[str, tuple[bool, int]] = {}
+        self._local: _ThreadState | None = None
 
     def __enter__(self) -> None:
         if not self.enter():  # pragma: no cover - a blocking enter waits until it holds it
@@ -220,7 +275,7 @@ class locked:  # noqa: N801 - used like a function: ``with locked(...)``
         state = _state
         current = state.held.get(key)
         if current is not None:
-            if self.shared or not current:
+            if self.shared or not current[0]:
                 return True  # already held, strongly enough, by this very thread
             msg = (
                 f"Daemon '{self.identifier}': cannot start or stop it from code that runs "
@@ -235,15 +290,35 @@ class locked:  # noqa: N801 - used like a function: ``with locked(...)``
                 if not self.create:
                     return True
                 raise _missing_dir(self.path, self.identifier)
+        # From here on this object answers for the lock, taken or not yet: an
+        # interrupt anywhere below leaves it to __exit__ or __del__ to unlock
+        # (unlocking a descriptor not locked yet is harmless).
+        self._key, self._held, self._local = key, state.held, state
+        self._fd = fd
+        state.held[key] = (self.shared, id(self))
         if not _platform.lock_fd(fd, shared=self.shared, blocking=blocking):
+            self._release()
             return False
-        state.held[key] = self.shared
-        self._fd, self._key = fd, key
         return True
 
-    def __exit__(self, *exc_info: object) -> None:
+    def _release(self) -> None:
+        # Whatever line an interrupt stops this at, calling it again (from
+        # __del__) finishes the job, and never unlocks a lock taken since by
+        # another object on the same descriptor: the thread's entry must still
+        # name this object.
         fd = self._fd
-        if fd is not None:
-            self._fd = None
-            del _state.held[self._key]
-            _platform.unlock_fd(fd)
+        if fd is None:
+            return
+        entry = self._held.get(self._key)
+        if entry is not None and entry[1] == id(self):
+            if self._local is _state:  # not a forked child's copy of the parent's lock
+                _platform.unlock_fd(fd)
+            del self._held[self._key]
+        self._fd = None
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._release()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self._release()

@@ -1,16 +1,54 @@
-"""Following a daemon's log file during a start: is it active, and what is new in it."""
+"""A daemon's log file: opening it for a program we run, and following it during a start.
+
+With ``.user()``, root opens and reads the log *as that user* (Linux: this
+thread's filesystem IDs, see ``_platform.files_as``), so a user who controls
+the log's directory cannot make root append the daemon's output to, or show
+in an error message, a file that user could not touch. Where that switch is
+not available, the file must belong to that user. A log that user cannot
+reach at all is opened by root, but only in a directory nobody else controls
+(``_files.only_ours``): there nobody can have planted anything. Either way the
+log is never opened through a symlink, and must be a regular file.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from typing import TYPE_CHECKING
 
 from . import _platform
-from ._files import read_tail
+from ._files import check_file, only_ours, open_file, own_uids, read_tail
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+
+def open_for_program(path: Path, user: str | None) -> int:
+    """Open (create) the log of a program run in the foreground, for its output.
+
+    Raises:
+        UnsafeFileError: It is a symlink, not a regular file, has other hard
+            links, or belongs to somebody other than the program's user.
+        OSError: It cannot be opened.
+    """
+    ids = _platform.user_ids(user)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+    if ids is None:
+        return open_file(path, flags, mode=0o644, owners=own_uids(), single_link=True)
+    try:
+        with _platform.files_as(ids) as switched:
+            owners = {ids[0]} if switched else {ids[0], *(own_uids() or ())}
+            fd = open_file(path, flags, mode=0o644, owners=owners, single_link=True)
+    except PermissionError:
+        if not only_ours(path.parent):
+            raise
+        return open_file(path, flags, mode=0o644, owners=own_uids(), single_link=True)
+    fchown = getattr(os, "fchown", None)
+    if not switched and fchown is not None:  # created as root, maybe: make it the program's
+        with contextlib.suppress(OSError):
+            fchown(fd, *ids)
+    return fd
 
 
 class LogWatch:
@@ -21,10 +59,11 @@ class LogWatch:
     cannot be read back: its text is ``None``.
     """
 
-    __slots__ = ("inode", "offset", "path", "readable", "signature")
+    __slots__ = ("inode", "offset", "path", "readable", "signature", "user")
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, user: str | None = None) -> None:
         self.path = path
+        self.user = user
         self.readable = str(path) not in _platform.PASSTHROUGH_LOG_PATHS
         self.offset = 0
         self.inode: int | None = None
@@ -62,7 +101,44 @@ class LogWatch:
         """What was appended since the start began (its last 64 KiB), or ``None``."""
         if not self.readable:
             return None
-        return read_tail(self.path, since=self.offset, inode=self.inode)
+        ids = _platform.user_ids(self.user)
+        with _platform.files_as(ids) as switched:
+            owners = None if ids is None or switched else {ids[0]}
+            text = read_tail(self.path, since=self.offset, inode=self.inode, owners=owners)
+        if text is None and ids is not None and only_ours(self.path.parent):
+            text = read_tail(self.path, since=self.offset, inode=self.inode)  # see the module
+        if text is None and self._stat() is None:
+            return ""  # no log (yet): nothing was written to it
+        return text
+
+
+def _open_to_read(path: Path, user: str | None) -> int | None:
+    """The log opened for reading as :meth:`LogWatch.new_text` reads it, or ``None``.
+
+    As the daemon's user where it has one (see the module); a regular file
+    only.
+    """
+    ids = _platform.user_ids(user)
+    with _platform.files_as(ids) as switched:
+        fd = _try_open(path, None if ids is None or switched else {ids[0]})
+    if fd is None and ids is not None and only_ours(path.parent):
+        fd = _try_open(path, None)
+    return fd
+
+
+def _try_open(path: Path, owners: set[int] | None) -> int | None:
+    try:
+        if owners is not None:
+            return open_file(path, os.O_RDONLY, owners=owners)
+        fd = os.open(path, _READ_FLAGS)
+    except OSError:
+        return None
+    try:
+        check_file(os.fstat(fd), path)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
 
 
 #: A "line" longer than this (binary data without newlines) is cut into pieces
@@ -90,10 +166,11 @@ class LogLines:
             file (the log grows faster than a look reads): look again at once.
     """
 
-    __slots__ = ("_fd", "_inode", "_partial", "_pos", "_start", "behind", "path")
+    __slots__ = ("_fd", "_inode", "_partial", "_pos", "_start", "behind", "path", "user")
 
     def __init__(self, watch: LogWatch) -> None:
         self.path = watch.path
+        self.user = watch.user
         self._start = (watch.inode, watch.offset)  # where "new" began
         self._fd: int | None = None
         self._inode: int | None = None
@@ -114,17 +191,10 @@ class LogLines:
         return self._split(b"".join(chunks))
 
     def _open(self) -> None:
-        try:
-            fd = os.open(self.path, _READ_FLAGS)
-        except OSError:
+        fd = _open_to_read(self.path, self.user)
+        if fd is None:
             return
-        try:
-            info = os.fstat(fd)
-        except OSError:
-            info = None
-        if info is None or not stat.S_ISREG(info.st_mode):
-            os.close(fd)
-            return
+        info = os.fstat(fd)
         inode, offset = self._start
         self._fd, self._inode = fd, info.st_ino
         # The file that was there when the start began: from where it ended then.

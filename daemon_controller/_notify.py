@@ -20,12 +20,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import stat
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from . import _platform
-from ._files import read_tail
+from ._files import open_file, own_uids, read_tail
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -87,14 +86,7 @@ class NotifySocket:
 # exists, which costs microseconds, while replacing a file (a rename) can take
 # milliseconds on ext4, which a start that has just become ready must not spend.
 
-_APPEND_FLAGS = (
-    os.O_WRONLY
-    | os.O_APPEND
-    | os.O_CREAT
-    | getattr(os, "O_CLOEXEC", 0)
-    | getattr(os, "O_NOFOLLOW", 0)
-    | getattr(os, "O_NONBLOCK", 0)
-)
+_APPEND_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT
 #: The record is started afresh beyond this size (at the start of a start).
 _RECORDS_LIMIT = 64 * 1024
 #: A status text longer than this is cut.
@@ -105,8 +97,10 @@ class StatusRecord:
     """Where one start appends the ``STATUS=`` texts, opened before the daemon runs.
 
     Opening is the slow part of an append; with the file open, recording the
-    status that comes with ``READY=1`` is one ``write()``. Only a regular file
-    is written (a FIFO or device planted at the path is left alone).
+    status that comes with ``READY=1`` is one ``write()``. Opened like every
+    side file (``_files.open_file``): a regular file of ours, never through a
+    symlink; anything else planted at the path is left alone, and no status
+    is kept.
     """
 
     def __init__(self, path: Path) -> None:
@@ -115,11 +109,7 @@ class StatusRecord:
             if os.lstat(path).st_size > _RECORDS_LIMIT:
                 os.unlink(path)  # start the record afresh once it has grown large
         with contextlib.suppress(OSError):
-            fd = os.open(path, _APPEND_FLAGS, 0o600)
-            if stat.S_ISREG(os.fstat(fd).st_mode):
-                self._fd = fd
-            else:
-                os.close(fd)
+            self._fd = open_file(path, _APPEND_FLAGS, owners=own_uids())
 
     def append(self, pid: int | None, text: str) -> None:
         """Record that the daemon ``pid`` sent ``STATUS=text`` (best effort)."""
@@ -137,7 +127,7 @@ class StatusRecord:
 
 def read_status(path: Path, pid: int) -> str | None:
     """The last ``STATUS=`` text recorded for ``pid``, or ``None``."""
-    text = read_tail(path, limit=_RECORD_LIMIT) or ""
+    text = read_tail(path, limit=_RECORD_LIMIT, owners=own_uids()) or ""
     for line in reversed(text.splitlines()):
         try:
             record = json.loads(line)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import enum
 from typing import TYPE_CHECKING, NoReturn
 
-from . import _commands, _pidfile, _platform, _process, _tracking
+from . import _commands, _pidfile, _platform, _process, _record, _tracking
 from ._errors import StartError, hide_frames
 from ._fdwait import wait_readable
 from ._launch import Launch
@@ -69,7 +69,7 @@ class Start:
         self.clock = clock
         self.pid_file = target.files.pid
         self.probe = target.probe
-        self.log = LogWatch(target.log_file)
+        self.log = LogWatch(target.log_file, self.cfg.user)
         self.foreground = self.cfg.foreground
         # A notify daemon may stay in the foreground too: its output is its log.
         self.launch = Launch(target, command, self.log, detached=self.foreground or self.cfg.notify)
@@ -311,6 +311,8 @@ class Start:
         try:
             if not self.foreground:  # watched from before the spawn: no event is missed
                 self.pid_watch = _platform.watch_files([self.pid_file])
+            # Before the spawn: a controller killed from here on leaves the marker behind.
+            _record.write(self.target.files.record, _record.Record(self.launch.tracker.marker))
             self.proc = self.launch.spawn(self.readiness.environment())
             self.last_activity = self.clock.now()
             ready = poll_until(
@@ -324,6 +326,9 @@ class Start:
             if not ready:
                 self._timed_out()
             self._write_own_pid_file()
+            if self.pid is not None:  # who it is, by a start time no clock step changes
+                marker = self.launch.tracker.marker
+                _record.write(self.target.files.record, _record.of(marker, self.pid, ready=True))
         except Failed as failure:
             self.launch.abort(self.pid, self.clock)
             raise self.launch.error(failure) from None

@@ -33,8 +33,9 @@ class Status:
         name: The daemon's name.
         pid: The PID of the running daemon, or ``None``.
         running: Whether its PID file names a live process (``is_running()``).
-        answering: Whether it answered its ping just now; ``None`` when it is
-            not running or has no ping.
+        answering: Whether its ping was answered just now; ``None`` when it
+            has no ping. Asked also when it is not running: an answer then
+            comes from a stranger holding its address.
         since: When its process started (seconds since the epoch), or ``None``.
         ping: What its ping asks (``"tcp://127.0.0.1:6379"``), or ``None``.
         pid_file: Its PID file.
@@ -81,7 +82,7 @@ def status(target: Target, timeout: float) -> Status:
     probe = target.config.ping
     answering: bool | None = None
     problem = None
-    if pid is not None and probe is not None:
+    if probe is not None:
         try:
             answering = probe.check(timeout)
         except PingUnusable as err:

@@ -118,7 +118,7 @@ def _pyproject_table(path: Path) -> dict[str, Any] | None:
 
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError):
         return None
     tool = data.get("tool")
     table = tool.get("daemon-controller") if isinstance(tool, dict) else None
@@ -149,6 +149,8 @@ def _read_table(path: Path) -> dict[str, Any]:
         raise ConfigError(path, f"not UTF-8 text: {err}") from err
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(path, f"not valid TOML: {err}") from err
+    except RecursionError as err:  # tomllib parses nested arrays and tables recursively
+        raise ConfigError(path, "not usable TOML: nested too deeply") from err
     prefix = ""
     table: object = data
     if path.name == "pyproject.toml":

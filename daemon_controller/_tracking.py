@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from typing import TYPE_CHECKING
 
 import psutil
 
@@ -29,6 +30,8 @@ from . import _process
 from ._errors import hide_frames
 from ._waiting import Clock, Deadline
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
 #: pytest shows our errors without our frames (see ``_errors.hide_frames``).
 __tracebackhide__ = hide_frames
 
@@ -123,13 +126,16 @@ class Descendants:
         complete = self.scan()
         return not complete or bool(self.alive())
 
-    def terminate(self, grace: float, clock: Clock) -> list[int]:
+    def terminate(
+        self, grace: float, clock: Clock, hurry: Callable[[], bool] | None = None
+    ) -> list[int]:
         """Terminate every living descendant: SIGTERM, ``grace`` seconds, SIGKILL.
 
         A descendant may fork between a scan and its signal (a daemon half-way
         through its double fork, with SIGTERM blocked while it daemonizes), so
         the scan is repeated once everything found so far has exited, until a
         scan finds nobody new: only a process that has exited cannot fork.
+        Once ``hurry()`` is true, SIGKILL follows SIGTERM at once.
 
         Returns:
             The PIDs that had to be terminated.
@@ -142,9 +148,30 @@ class Descendants:
             if not fresh:
                 break
             victims.update(proc.pid for proc in fresh)
-            _process.terminate(fresh, deadline)
+            _process.terminate(fresh, deadline, hurry)
         _process.reap_all()
         return sorted(victims)
+
+
+def marked(marker: str) -> list[psutil.Process]:
+    """The living processes carrying ``marker``: what one start created, and still runs.
+
+    Scans every process we may read the environment of (all, as root); ours
+    and our ancestors are left out, whatever they carry.
+    """
+    spared = {os.getpid()}
+    with contextlib.suppress(psutil.Error):
+        spared.update(parent.pid for parent in psutil.Process().parents())
+    found = []
+    for proc in psutil.process_iter():
+        if proc.pid in spared:
+            continue
+        try:
+            if proc.environ().get(MARKER) == marker and _process.is_alive(proc.pid):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
 
 
 class AllExitedWatch:

@@ -9,6 +9,8 @@ the deadline, and always checking once more when the deadline arrives.
 
 from __future__ import annotations
 
+import importlib
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -18,6 +20,7 @@ from ._errors import hide_frames
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from types import ModuleType
 
     import tenacity
 
@@ -25,6 +28,9 @@ if TYPE_CHECKING:
 __tracebackhide__ = hide_frames
 
 T = TypeVar("T")
+
+#: ``time.sleep`` overflows on very long pauses: a longer one is made of several.
+_LONGEST_SLEEP = 86400.0
 
 
 class Clock(Protocol):
@@ -47,7 +53,10 @@ class MonotonicClock:
         return time.monotonic()
 
     def sleep(self, seconds: float) -> None:
-        """Sleep for real."""
+        """Sleep for real (``inf``: for good)."""
+        while seconds > _LONGEST_SLEEP:
+            time.sleep(_LONGEST_SLEEP)
+            seconds -= _LONGEST_SLEEP
         time.sleep(seconds)
 
 
@@ -105,6 +114,38 @@ _COST_WINDOW = 4
 _PATIENCE = 0.008
 
 
+def _tenacity() -> ModuleType:
+    """``import tenacity``, at first use: 20 ms of import time that is_running() does not need.
+
+    An import interrupted half-way (Ctrl-C while it runs) can leave modules
+    in ``sys.modules`` that are only partly initialised, and every later
+    import would get them ("partially initialized module 'tenacity'"). So
+    what a failed import added is removed again, and the next use imports
+    afresh; a half-initialised tenacity found here is replaced the same way.
+    """
+    module = sys.modules.get("tenacity")
+    if module is not None and hasattr(module, "Retrying"):
+        return module
+    try:
+        return _import_tenacity()
+    except AttributeError:  # a half-initialised one was found, and dropped: afresh
+        return _import_tenacity()
+
+
+def _import_tenacity() -> ModuleType:
+    before = set(sys.modules)
+    try:
+        module = importlib.import_module("tenacity")
+        module.Retrying  # noqa: B018 - missing from a half-initialised module
+    except BaseException:
+        for name in set(sys.modules) - before:
+            sys.modules.pop(name, None)
+        for name in [name for name in sys.modules if name.partition(".")[0] == "tenacity"]:
+            sys.modules.pop(name, None)
+        raise
+    return module
+
+
 def poll_until(
     check: Callable[[], T | None],
     *,
@@ -141,8 +182,7 @@ def poll_until(
     Returns:
         The first non-``None`` result, or ``None`` if the deadline passed first.
     """
-    import tenacity  # noqa: PLC0415 - 20 ms of import time, not needed by is_running()
-
+    retrying_module = _tenacity()
     clock = deadline.clock
     pause_with = sleep or clock.sleep
     costs: deque[float] = deque(maxlen=_COST_WINDOW)
@@ -171,12 +211,13 @@ def poll_until(
         pause_with(seconds)
         awake_since = clock.now()
 
-    retrying = tenacity.Retrying(
-        retry=tenacity.retry_if_result(lambda result: result is None),
+    retrying = retrying_module.Retrying(
+        retry=retrying_module.retry_if_result(lambda result: result is None),
         wait=pause,
         stop=lambda _state: deadline.expired(),
         sleep=take_pause,
         retry_error_callback=lambda _state: None,
         reraise=True,
     )
-    return retrying(counted_check)
+    result: T | None = retrying(counted_check)
+    return result

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import urllib.error
 
 import pytest
 from helpers import daemonized_count, echo_through, free_port, gone
@@ -268,3 +269,53 @@ def test_start_failure_during_connect_propagates_as_start_error(echo):
     assert calls == [1]  # no second attempt after a failed start
     assert not d.is_running()
     assert echo.marked() == []
+
+
+def _wrapped_connect(port: int, wrap):
+    def connect() -> socket.socket:
+        try:
+            return socket.create_connection(("127.0.0.1", port), timeout=5)
+        except OSError as err:
+            raise wrap(err) from err
+
+    return connect
+
+
+def _raise_chained(err: OSError) -> OSError:
+    try:
+        raise OSError("client library failure") from err
+    except OSError as wrapped:
+        return wrapped
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        pytest.param(urllib.error.URLError, id="urllib-reason"),
+        pytest.param(_raise_chained, id="explicit-cause"),
+    ],
+)
+def test_a_wrapped_connect_error_starts_the_daemon(echo, wrap):
+    # Client libraries wrap the socket error (urllib's URLError keeps it as
+    # `reason`); the wrapped error still means "cannot connect yet".
+    daemon = echo()
+    sock = daemon.connect(_wrapped_connect(echo.port, wrap))
+    try:
+        assert daemon.is_running()
+    finally:
+        sock.close()
+        daemon.stop()
+
+
+def test_a_real_os_error_raised_while_handling_a_refusal_is_not_a_connect_error(echo):
+    daemon = echo()
+
+    def connect() -> None:
+        try:
+            socket.create_connection(("127.0.0.1", echo.port), timeout=5)
+        except ConnectionRefusedError:
+            raise PermissionError(13, "denied while handling it") from None
+
+    with pytest.raises(PermissionError):
+        daemon.connect(connect)
+    assert not daemon.is_running()

@@ -1,6 +1,6 @@
 """The pytest plugin: ``daemon_fixture(...)`` in a real, separate pytest run.
 
-Covers issue 3, section 3. Every test writes a small test suite with
+Every test writes a small test suite with
 ``pytester`` whose ``conftest.py`` declares an echo-server daemon with
 ``daemon_fixture``, runs it with ``runpytest_subprocess`` (a fresh interpreter,
 so the plugin is loaded through its ``pytest11`` entry point, as for users) and
@@ -9,13 +9,16 @@ count the starts), the PIDs the inner tests saw, and the process table.
 
 * function, module and session scopes: started and stopped per scope;
 * a daemon that was running before the run is left running;
-* a failing test's report shows the daemon's new log lines;
+* a failing test's report shows the daemon's new log lines (the newest 64 KiB);
+* a daemon that cannot be stopped is listed in the terminal summary and fails
+  the run, with and without xdist;
 * under ``pytest -n 4`` a session daemon is started once for all workers and
   stopped after the last one.
 """
 
 from __future__ import annotations
 
+import fcntl
 import textwrap
 from pathlib import Path
 
@@ -88,7 +91,8 @@ class Inner:
             .env({MARKER: self.test_id})
         )
 
-    def conftest(self, scope: str, extra: str = "") -> None:
+    def conftest(self, scope: str, extra: str = "", builder: str = "") -> None:
+        """The inner conftest: ``echo_daemon`` in ``scope``; ``builder`` adds to its Daemon."""
         self.pytester.makeconftest(
             textwrap.dedent(
                 f"""
@@ -112,6 +116,7 @@ class Inner:
                     .start_timeout(15)
                     .stop_timeout(10)
                     .env({{{MARKER!r}: {self.test_id!r}}})
+                    {builder}
                 )
                 LOG = {str(self.log_file)!r}
                 echo_daemon = daemon_fixture("echo_daemon", DAEMON, scope={scope!r})
@@ -316,6 +321,31 @@ def test_failing_test_report_shows_the_daemons_new_log_lines(inner: Inner):
     inner.assert_stopped({pid for _, _, pid in inner.seen_rows()})
 
 
+def test_failure_report_shows_the_newest_part_of_a_long_log(inner: Inner):
+    """When a failing test makes the daemon log more than 64 KiB, its report shows the
+    last 64 KiB (where the error usually is), not the first."""
+    inner.conftest("function")
+    inner.pytester.makepyfile(
+        """
+        from conftest import LOG
+
+        def test_fails(note):
+            with open(LOG, "a") as f:
+                f.write("early line of the failing test\\n")
+                f.write(("x" * 99 + "\\n") * 1000)
+                f.write("final line before the failure\\n")
+            assert False, "failing on purpose"
+        """
+    )
+    result = inner.run()
+    result.assert_outcomes(failed=1)
+    out = result.stdout.str()
+    section = out[out.index(f"daemon '{NAME}' log (echo_daemon)") :]
+    assert "final line before the failure" in section
+    assert "early line of the failing test" not in section
+    inner.assert_stopped({pid for _, _, pid in inner.seen_rows()})
+
+
 # -- pytest-xdist ------------------------------------------------------------------------
 
 
@@ -383,3 +413,102 @@ def test_xdist_session_daemon_is_stopped_despite_a_slow_worker_shutdown(inner: I
     assert len(pids) == 1
     assert daemonized_count(inner.log_file) == 1
     inner.assert_stopped(pids)
+
+
+# -- a daemon that cannot be stopped --------------------------------------------------------
+
+SUMMARY = "daemons that could not be stopped"
+
+
+def test_a_daemon_that_cannot_be_stopped_is_reported_and_fails_the_run(inner: Inner):
+    """A session daemon whose stop command fails is listed in the terminal summary (name,
+    fixture, error) and the run exits 1; the daemon is left running, not hidden."""
+    inner.conftest("session", builder='.stop_with("exit 1")')
+    inner.pytester.makepyfile(
+        """
+        def test_one(note):
+            pass
+
+        def test_two(note):
+            pass
+        """
+    )
+    result = inner.run()
+    result.assert_outcomes(passed=2, errors=1)  # the error: the last test's teardown
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    out = result.stdout.str()
+    assert SUMMARY in out
+    assert f"StopError in fixture 'echo_daemon': Daemon '{NAME}' could not be stopped" in out
+    assert inner.daemon().is_running()  # the outer fixture stops it
+
+
+def test_xdist_last_worker_that_cannot_stop_a_daemon_fails_the_run(inner: Inner):
+    """Under xdist, the last worker's failure to stop a session daemon (after every test
+    passed) reaches the controller: listed in its terminal summary, exit code 1."""
+    inner.conftest("session", builder='.stop_with("exit 1")')
+    inner.pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.parametrize("i", range(4))
+        def test_uses_the_daemon(note, i):
+            pass
+        """
+    )
+    result = inner.run("-n", "2", "-p", "no:hypothesispytest", timeout=100)
+    result.assert_outcomes(passed=4)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    out = result.stdout.str()
+    assert SUMMARY in out
+    assert f"StopError in fixture 'echo_daemon': Daemon '{NAME}' could not be stopped" in out
+    assert daemonized_count(inner.log_file) == 1
+    assert inner.daemon().is_running()  # the outer fixture stops it
+
+
+def test_runs_in_one_process_do_not_share_the_plugins_state(inner: Inner):
+    """Two pytest runs in one process (pytester in-process): what the first run recorded
+    (here a daemon it could not stop) is not reported again by the second."""
+    inner.conftest("session", builder='.stop_with("exit 1")')
+    inner.pytester.makepyfile(test_first="def test_one(note):\n    pass\n")
+    first = inner.pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    assert SUMMARY in first.stdout.str()
+    assert first.ret == pytest.ExitCode.TESTS_FAILED
+    inner.pytester.makeconftest("")
+    (inner.pytester.path / "test_first.py").unlink()
+    inner.pytester.makepyfile(test_second="def test_two():\n    pass\n")
+    second = inner.pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    second.assert_outcomes(passed=1)
+    assert SUMMARY not in second.stdout.str()
+    assert second.ret == pytest.ExitCode.OK
+
+
+@pytest.mark.parametrize("args", [(), ("-n", "2")], ids=["plain", "xdist"])
+def test_a_run_nested_in_an_xdist_worker_settles_its_own_session_daemon(
+    inner: Inner, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, args: tuple[str, ...]
+):
+    # A pytest run started from inside an xdist worker (a docs example, a
+    # pytester subprocess) inherits that worker's environment. It must not take
+    # itself for one of the outer run's workers, whose last one would settle
+    # its daemons: here that outer run is still going, so nobody would.
+    outer_run = tmp_path / "outer-run.lock"
+    outer_run.touch()
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw0")
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "2")
+    monkeypatch.setenv("DAEMON_CONTROLLER_PYTEST_RUN", str(outer_run))
+    with outer_run.open("rb") as held:
+        fcntl.flock(held, fcntl.LOCK_SH)  # the outer run's other worker is still inside
+        inner.conftest("session")
+        inner.pytester.makepyfile(
+            """
+            import pytest
+
+            @pytest.mark.parametrize("i", range(4))
+            def test_uses_it(note, i):
+                pass
+            """
+        )
+        result = inner.run(*args)
+        result.assert_outcomes(passed=4)
+        pids = {pid for _, _, pid in inner.seen_rows()}
+        assert len(pids) == 1
+        inner.assert_stopped(pids)

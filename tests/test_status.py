@@ -20,7 +20,7 @@ def test_status_of_a_stopped_daemon(echo):
     assert isinstance(status, Status)
     assert status.pid is None
     assert not status.running
-    assert status.answering is None
+    assert status.answering is False  # nothing holds its address either
     assert status.since is None
     assert status.state == "stopped"
     assert not status.ok

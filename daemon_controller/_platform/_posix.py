@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import select
 import signal
@@ -11,6 +12,9 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping
 
 import psutil
 
@@ -35,6 +39,13 @@ SHELL_HAS_EXEC = True
 PASSTHROUGH_LOG_PATHS = frozenset(
     {"/dev/stdout", "/dev/stderr", "/proc/self/fd/1", "/proc/self/fd/2"},
 )
+
+#: The longest path a unix socket can be connected at: ``sun_path`` less its
+#: terminating NUL (108 bytes on Linux, 104 on macOS and the BSDs).
+UNIX_PATH_MAX = 107 if sys.platform.startswith("linux") else 103
+
+#: ``poll()`` takes milliseconds as a C int: a longer wait is made of several.
+_MAX_POLL_MS = 2**31 - 1
 
 
 def parse_signal(value: str | int) -> int:
@@ -87,6 +98,14 @@ def leads_group(pid: int) -> bool:
     """Whether ``pid`` leads its own process group (as the daemons we detach do)."""
     try:
         return os.getpgid(pid) == pid
+    except OSError:
+        return False
+
+
+def leads_session(pid: int) -> bool:
+    """Whether ``pid`` leads its own session, and so its own process group."""
+    try:
+        return os.getsid(pid) == pid and os.getpgid(pid) == pid
     except OSError:
         return False
 
@@ -144,33 +163,117 @@ def detach_kwargs(user: str | None = None) -> dict[str, Any]:
     return kwargs
 
 
-def give_to_user(fd: int, user: str) -> None:
-    """Make the file open as ``fd`` belong to ``user`` (when we are root; else nothing).
+#: What a daemon run as another user keeps of our environment (as ``runuser -l``
+#: does, plus ``PATH``, so that a command we find is found for it too): where to
+#: find programs, locale and terminal. Nothing that points into our home, our
+#: session or our agents (``XDG_RUNTIME_DIR``, ``SSH_AUTH_SOCK``, ``MAIL`` ...).
+_KEPT_FOR_ANOTHER_USER = frozenset({"PATH", "TERM", "LANG", "LANGUAGE", "TZ"})
 
-    For a log file we create for a daemon run as another user: the daemon
-    (``pg_ctl -l``, a reopen after rotation) must be able to write it too.
+
+def user_environment(user: str, ours: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a command run as ``user``, made from ``ours``.
+
+    Another user gets a login environment, as with ``runuser -l``: ``HOME``,
+    ``USER``, ``LOGNAME`` and ``SHELL`` from the password database, and of ours
+    only what :data:`_KEPT_FOR_ANOTHER_USER` and the ``LC_*`` variables say.
+    For ourselves (``.user()`` naming the user we are), ours with those four set.
     """
     import pwd  # noqa: PLC0415 - only for .user()
 
-    if os.geteuid() != 0:
-        return
     try:
         entry = pwd.getpwnam(user)
     except KeyError:
-        return
-    with contextlib.suppress(OSError):
-        os.fchown(fd, entry.pw_uid, entry.pw_gid)
+        return dict(ours)  # the spawn fails and says why
+    own = {
+        "HOME": entry.pw_dir,
+        "USER": user,
+        "LOGNAME": user,
+        "SHELL": entry.pw_shell or "/bin/sh",
+    }
+    if entry.pw_uid == os.geteuid():
+        return {**ours, **own}
+    kept = {k: v for k, v in ours.items() if k in _KEPT_FOR_ANOTHER_USER or k.startswith("LC_")}
+    return {**kept, **own}
 
 
-def user_environment(user: str) -> dict[str, str]:
-    """``HOME``, ``USER`` and ``LOGNAME`` for ``user`` (what ``runuser`` would set)."""
+def user_ids(user: str | None) -> tuple[int, int] | None:
+    """``(uid, gid)`` of ``user`` if commands run as that user switch to it (we are root).
+
+    ``None`` when nothing is switched: no user, the user we are, no such user.
+    """
+    if user is None or os.geteuid() != 0:
+        return None
     import pwd  # noqa: PLC0415 - only for .user()
 
     try:
         entry = pwd.getpwnam(user)
     except KeyError:
-        return {}
-    return {"HOME": entry.pw_dir, "USER": user, "LOGNAME": user}
+        return None
+    return None if entry.pw_uid == 0 else (entry.pw_uid, entry.pw_gid)
+
+
+@contextlib.contextmanager
+def files_as(ids: tuple[int, int] | None) -> Iterator[bool]:
+    """Open files in this thread with the permissions of user and group ``ids``.
+
+    Linux keeps a filesystem user and group ID per thread (``setfsuid``), used
+    for every permission check of a path and as the owner of files created;
+    other threads are not affected. Root's supplementary groups still apply.
+
+    Yields:
+        Whether the IDs were switched (``False``: no IDs, or not on Linux; the
+        caller must check what it opened by other means).
+    """
+    libc: Any = None
+    if ids is not None and sys.platform.startswith("linux"):
+        with contextlib.suppress(ImportError, OSError):
+            import ctypes  # noqa: PLC0415 - only for .user(), on Linux
+
+            libc = ctypes.CDLL(None, use_errno=True)
+    if ids is None or libc is None:
+        yield False
+        return
+    setfsuid, setfsgid = libc.setfsuid, libc.setfsgid
+    uid, gid = ids
+    try:
+        setfsgid(gid)
+        setfsuid(uid)
+        yield setfsuid(uid) == uid  # it returns the previous ID: this one, if it took
+    finally:
+        # Back to what they follow otherwise, however far the switch got.
+        setfsuid(os.geteuid())
+        setfsgid(os.getegid())
+
+
+def start_stamp(pid: int) -> int | None:
+    """When ``pid`` started, in a form no change of the wall clock alters; ``None`` if gone.
+
+    Linux: clock ticks after boot (field 22 of ``/proc/PID/stat``). Elsewhere:
+    psutil's creation time in microseconds, which the kernel stored when the
+    process was created.
+    """
+    if not sys.platform.startswith("linux"):
+        with contextlib.suppress(psutil.Error):
+            return round(psutil.Process(pid).create_time() * 1_000_000)
+        return None
+    try:
+        with Path(f"/proc/{pid}/stat").open("rb") as f:
+            data = f.read(4096)
+        # The command name (field 2) may hold spaces and parentheses: count after it.
+        return int(data[data.rindex(b")") + 2 :].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+@functools.cache
+def boot_id() -> str:
+    """Tells this boot from others (Linux); ``""`` where the stamps are unique anyway."""
+    try:
+        # Bytes: decoding by name may import a codec, which a process that
+        # dropped its privileges may no longer be allowed to read.
+        return Path("/proc/sys/kernel/random/boot_id").read_bytes().decode().strip()
+    except OSError:
+        return ""
 
 
 def wait_exit(pid: int, timeout: float) -> bool | None:
@@ -285,8 +388,13 @@ class ExitHandle:
         return self._fd if self._fd >= 0 else None
 
     def wait(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for the exit; whether it happened."""
-        return self._poll(max(0, int(timeout * 1000)))
+        """Wait up to ``timeout`` seconds (``inf``: no limit) for the exit; whether it happened."""
+        milliseconds = timeout * 1000
+        while milliseconds > _MAX_POLL_MS:
+            if self._poll(_MAX_POLL_MS):
+                return True
+            milliseconds -= _MAX_POLL_MS
+        return self._poll(max(0, int(milliseconds)))
 
     def close(self) -> None:
         """Close the pidfd (only its last user should)."""

@@ -11,6 +11,9 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping
+
 import psutil
 
 if TYPE_CHECKING:
@@ -29,6 +32,11 @@ SHELL_HAS_EXEC = False
 _WRONG_OS = "Windows process control is only available on Windows"
 
 PASSTHROUGH_LOG_PATHS = frozenset({"CON", "CONOUT$"})
+
+#: The longest path a unix socket can be connected at (``sun_path`` less its NUL).
+UNIX_PATH_MAX = 107
+#: ``WaitForSingleObject`` takes milliseconds as a DWORD below INFINITE.
+_MAX_WAIT_SECONDS = 0xFFFFFFFE / 1000
 
 #: What psutil can send on Windows: the two console events, and SIGTERM
 #: (TerminateProcess).
@@ -94,6 +102,12 @@ def leads_group(pid: int) -> bool:
     return False
 
 
+def leads_session(pid: int) -> bool:
+    """There are no sessions to signal on Windows."""
+    del pid
+    return False
+
+
 def group_alive(pgid: int) -> bool:
     """Not used on Windows (see :func:`leads_group`)."""
     del pgid
@@ -125,16 +139,35 @@ def detach_kwargs(user: str | None = None) -> dict[str, Any]:
     return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
 
 
-def give_to_user(fd: int, user: str) -> None:
-    """Not supported on Windows (no ``.user()``)."""
-    del fd, user
-    raise NotImplementedError(_WRONG_OS)
-
-
-def user_environment(user: str) -> dict[str, str]:
-    """Not supported on Windows."""
+def user_environment(user: str, ours: Mapping[str, str]) -> dict[str, str]:
+    """Ours: ``.user()`` is POSIX-only, and the spawn says so (see :func:`detach_kwargs`)."""
     del user
-    raise NotImplementedError(_WRONG_OS)
+    return dict(ours)
+
+
+def user_ids(user: str | None) -> tuple[int, int] | None:
+    """Never a switch of user here."""
+    del user
+    return None
+
+
+@contextlib.contextmanager
+def files_as(ids: tuple[int, int] | None) -> Iterator[bool]:
+    """Files are never opened as another user here."""
+    del ids
+    yield False
+
+
+def start_stamp(pid: int) -> int | None:
+    """The creation time Windows stored for ``pid``, in microseconds; ``None`` if gone."""
+    with contextlib.suppress(psutil.Error):
+        return round(psutil.Process(pid).create_time() * 1_000_000)
+    return None
+
+
+def boot_id() -> str:
+    """Creation times are unique across boots: nothing to tell them apart with."""
+    return ""
 
 
 def wait_exit(pid: int, timeout: float) -> bool | None:
@@ -144,7 +177,13 @@ def wait_exit(pid: int, timeout: float) -> bool | None:
         ``True`` if the process has exited, ``False`` if the timeout passed first.
     """
     try:
-        psutil.Process(pid).wait(timeout)
+        process = psutil.Process(pid)
+        while timeout > _MAX_WAIT_SECONDS:
+            with contextlib.suppress(psutil.TimeoutExpired):
+                process.wait(_MAX_WAIT_SECONDS)
+                return True
+            timeout -= _MAX_WAIT_SECONDS
+        process.wait(timeout)
     except psutil.NoSuchProcess:
         return True
     except psutil.TimeoutExpired:
