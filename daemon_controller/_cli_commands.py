@@ -104,7 +104,20 @@ def _describe(name: str, daemon: Daemon) -> dict[str, Any]:
         "uptime": None if status.uptime is None else round(status.uptime, 1),
         "ping": answer,
         "ping_target": status.ping,
+        "readiness": list(status.readiness),  # "notify", "log", "ping": how a start waits
+        "notify_status": status.notify_status,  # the last STATUS= the daemon sent
     }
+
+
+def _ping_cell(row: dict[str, Any]) -> str:
+    """The PING column: the ping's answer, or how a daemon without one says it is ready."""
+    if row["ping"]:
+        return f"{row['ping']} ({row['ping_target']})"
+    told = [method for method in row["readiness"] if method != "ping"]
+    if not told:
+        return "-"
+    said = f": {row['notify_status']}" if row["notify_status"] else ""
+    return f"told by {' and '.join(told)}{said}"
 
 
 def _uptime(seconds: float | None) -> str:
@@ -123,11 +136,10 @@ def cmd_status(out: Output, project: _toml.Project, names: list[str], *, as_json
         out.block(json.dumps(rows, indent=2), indent="")  # JSON escapes control characters
         return OK
     table = [["NAME", "STATE", "PID", "UPTIME", "PING"]]
-    for row in rows:
-        ping = f"{row['ping']} ({row['ping_target']})" if row["ping"] else "-"
-        table.append(
-            [row["name"], row["state"], str(row["pid"] or "-"), _uptime(row["uptime"]), ping]
-        )
+    table += [
+        [row["name"], row["state"], str(row["pid"] or "-"), _uptime(row["uptime"]), _ping_cell(row)]
+        for row in rows
+    ]
     # Width as shown: a name with control characters is wider once escaped.
     table = [[visible(cell) for cell in r] for r in table]
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]

@@ -110,13 +110,16 @@ class StatusRecord:
                 os.unlink(path)  # start the record afresh once it has grown large
         with contextlib.suppress(OSError):
             self._fd = open_file(path, _APPEND_FLAGS, owners=own_uids())
+        self._write({"start": True})  # what came before is an earlier start's
 
     def append(self, pid: int | None, text: str) -> None:
         """Record that the daemon ``pid`` sent ``STATUS=text`` (best effort)."""
+        self._write({"pid": pid, "status": text[:_STATUS_LIMIT]})
+
+    def _write(self, record: dict[str, object]) -> None:
         if self._fd is not None:
-            line = json.dumps({"pid": pid, "status": text[:_STATUS_LIMIT]}) + "\n"
             with contextlib.suppress(OSError):
-                os.write(self._fd, line.encode())
+                os.write(self._fd, (json.dumps(record) + "\n").encode())
 
     def close(self) -> None:
         """Close the file."""
@@ -125,15 +128,23 @@ class StatusRecord:
             os.close(fd)
 
 
-def read_status(path: Path, pid: int) -> str | None:
-    """The last ``STATUS=`` text recorded for ``pid``, or ``None``."""
+def read_status(path: Path, pid: int | None) -> str | None:
+    """The last ``STATUS=`` text recorded for ``pid``, or ``None``.
+
+    ``pid=None``: the last one of the latest start, whoever sent it (for a
+    display while the start is under way).
+    """
     text = read_tail(path, limit=_RECORD_LIMIT, owners=own_uids()) or ""
     for line in reversed(text.splitlines()):
         try:
             record = json.loads(line)
         except ValueError:
             continue  # the first line of the tail may be cut
-        if isinstance(record, dict) and record.get("pid") == pid:
+        if not isinstance(record, dict):
+            continue
+        if pid is None and record.get("start"):
+            return None  # nothing yet from the latest start
+        if pid is None or record.get("pid") == pid:
             status = record.get("status")
             return status if isinstance(status, str) else None
     return None
