@@ -2,9 +2,10 @@
 
 Every figure is measured against our own test daemon (tests/echo_server.py),
 which records the exact moment (CLOCK_MONOTONIC, shared by all processes) at
-which it starts listening and at which it exits, so a delay is "when our call
-returned" minus "when the daemon did the thing". Prints a table of medians,
-90th percentiles, sample counts and the targets of issue #5.
+which it starts listening, sends READY=1, writes its ready line and exits, so
+a delay is "when our call returned" minus "when the daemon did the thing".
+Prints a table of medians, 90th percentiles, sample counts and the targets of
+issue #5 and of the readiness the daemon tells us (notify(), ping_log()).
 
 The last rows are about asyncio and several daemons at once: how soon a
 cancelled start raises CancelledError, how long the event loop is held up
@@ -17,12 +18,12 @@ for our Python test daemon, ~1 ms on a 2-core VM) and ours (what stop() does
 after the wake-up).
 
     python benchmarks/run.py              # our figures
-    python benchmarks/run.py --compare    # also mirakuru 3.x, same daemon, same runs
+    python benchmarks/run.py --compare    # also mirakuru 3.x and pytest-xprocess, same daemon
     python benchmarks/run.py --json       # machine-readable
     python benchmarks/run.py --runs 40    # more samples
     python benchmarks/run.py --only port,postgresql   # some figures only
 
-``--compare`` needs ``pip install mirakuru``.
+``--compare`` needs ``pip install mirakuru pytest-xprocess``.
 """
 
 from __future__ import annotations
@@ -59,13 +60,17 @@ from runtime_files import forget  # noqa: E402
 from daemon_controller import (  # noqa: E402
     Daemon,
     StartError,
-    _launch,
+    _attempts,
     _pidfile,
     _platform,
     all_running,
 )
 
 MS = 1000.0
+#: The line the log-ready daemon writes once it listens.
+READY_LINE = "Ready to accept connections"
+#: Every start benchmark's daemon takes this long to get ready (plus U(0, 0.1) s).
+START_DELAY = ("--wait-before-listen", "0.3", "--random-extra-wait", "0.1")
 
 
 @dataclass
@@ -74,7 +79,8 @@ class Figure:
     unit: str  # "ms" or "calls/s" or "ratio" or "count"
     target: str
     samples: list[float] = field(default_factory=list)
-    theirs: list[float] = field(default_factory=list)
+    theirs: list[float] = field(default_factory=list)  # mirakuru's
+    xprocess: list[float] = field(default_factory=list)  # pytest-xprocess's
     note: str = ""
 
     def median(self, values: list[float] | None = None) -> float | None:
@@ -123,6 +129,31 @@ class Scratch:
         self.log = self.dir / "echo.log"
         self.record = self.dir / "record.jsonl"
         self.port = free_port()
+
+    def told(self, how: str) -> tuple[Daemon, str]:
+        """A daemon that tells us it is ready, and the record event of its telling.
+
+        ``notify``: the daemon goes into the background and sends READY=1.
+        ``log``: it stays in the foreground (as mirakuru and xprocess run
+        programs) and writes READY_LINE to its output, which is its log.
+        """
+        base = Daemon("bench told").pid(self.pid).log(self.log).start_timeout(20)
+        if how == "notify":
+            command = echo_command(
+                "--port", str(self.port), "--pid-file", str(self.pid), "--log-file",
+                str(self.log), "--record", str(self.record), *START_DELAY, "--notify-ready",
+            )  # fmt: skip
+            return base.start_with(command).notify(), "notify-ready"
+        return base.start_with(self.foreground_logging()).foreground().ping_log(
+            READY_LINE
+        ), "ready-line"
+
+    def foreground_logging(self) -> list[str]:
+        """The log-ready daemon: in the foreground, its ready line on stderr."""
+        return echo_command(
+            "--port", str(self.port), "--record", str(self.record), "--foreground",
+            *START_DELAY, "--ready-log-line", READY_LINE,
+        )  # fmt: skip
 
     def daemon(self, *args: str) -> Daemon:
         command = echo_command(
@@ -200,7 +231,7 @@ def record_exit(
 def bench_start_stop(root: Path, runs: int, figs: dict[str, Figure]) -> None:
     for n in range(runs):
         s = Scratch(root, n)
-        daemon = s.daemon("--wait-before-listen", "0.3", "--random-extra-wait", "0.1")
+        daemon = s.daemon(*START_DELAY)
         cpu0, t0 = cpu_seconds(), time.monotonic()
         daemon.start()
         returned = time.monotonic()
@@ -210,6 +241,19 @@ def bench_start_stop(root: Path, runs: int, figs: dict[str, Figure]) -> None:
             daemon.stop()
             returned = time.monotonic()
         record_exit(returned, s.record, wake.moment, figs)
+
+
+def bench_told(root: Path, runs: int, delay: Figure, cpu: Figure, how: str) -> None:
+    """Readiness the daemon tells us: notify() or ping_log(); delay from its telling."""
+    for n in range(runs):
+        s = Scratch(root, n)
+        daemon, event = s.told(how)
+        cpu0, t0 = cpu_seconds(), time.monotonic()
+        daemon.start()
+        returned = time.monotonic()
+        cpu.samples.append(100 * (cpu_seconds() - cpu0) / (returned - t0))
+        delay.samples.append((returned - event_time(s.record, event)) * MS)
+        daemon.stop()
 
 
 def bench_failure(root: Path, runs: int, figure: Figure, *args: str) -> None:
@@ -347,9 +391,9 @@ class PortStamp:
         setattr(owner, name, timed)
 
     def __enter__(self) -> Self:
-        self._timed(_launch._ports, "choose")  # noqa: SLF001 - instrumentation
-        self._timed(_launch, "_record")
-        self._timed(_launch._templates, "bind_port")  # noqa: SLF001 - instrumentation
+        self._timed(_attempts._ports, "choose")  # noqa: SLF001 - instrumentation
+        self._timed(_attempts, "_record")
+        self._timed(_attempts._templates, "bind_port")  # noqa: SLF001 - instrumentation
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -642,7 +686,7 @@ def compare_mirakuru(root: Path, runs: int, figures: dict[str, Figure]) -> None:
     for n in range(runs):
         s = Scratch(root, 30_000 + n)
         ex = TCPExecutor(
-            command(s, "--wait-before-listen", "0.3", "--random-extra-wait", "0.1"),
+            command(s, *START_DELAY),
             host="127.0.0.1",
             port=s.port,
             timeout=20,
@@ -687,6 +731,51 @@ def compare_mirakuru(root: Path, runs: int, figures: dict[str, Figure]) -> None:
             ex.stop()
 
 
+def compare_log_ready(root: Path, runs: int, figure: Figure) -> None:
+    """mirakuru's OutputExecutor and pytest-xprocess's pattern on the log-ready daemon."""
+    try:
+        from mirakuru import OutputExecutor  # noqa: PLC0415
+    except ImportError:
+        sys.exit("--compare needs mirakuru: pip install mirakuru")
+    try:
+        import py  # noqa: PLC0415 - xprocess keeps its files in py.path objects
+        from xprocess import ProcessStarter, XProcess  # noqa: PLC0415
+    except ImportError:
+        sys.exit("--compare needs pytest-xprocess: pip install pytest-xprocess")
+
+    for n in range(runs):
+        s = Scratch(root, 60_000 + n)
+        ex = OutputExecutor(
+            s.foreground_logging(),
+            banner=READY_LINE,
+            timeout=20,
+            stdout=None,  # the daemon logs to its stderr
+            stderr=subprocess.PIPE,
+        )
+        ex.start()
+        returned = time.monotonic()
+        figure.theirs.append((returned - event_time(s.record, "ready-line")) * MS)
+        ex.stop()
+
+    class Quiet:
+        def debug(self, *_args: object) -> None:
+            pass
+
+    for n in range(runs):
+        s = Scratch(root, 70_000 + n)
+        starter = type(
+            "Starter",
+            (ProcessStarter,),
+            {"pattern": READY_LINE, "args": s.foreground_logging(), "timeout": 20},
+        )
+        xprocess = XProcess(argparse.Namespace(), py.path.local(s.dir), log=Quiet())  # noqa: PTH124 - what xprocess takes
+        xprocess.ensure("echo", starter)
+        returned = time.monotonic()
+        figure.xprocess.append((returned - event_time(s.record, "ready-line")) * MS)
+        xprocess.getinfo("echo").terminate()
+        xprocess._force_clean_up()  # noqa: SLF001 - what its pytest plugin calls at the end
+
+
 # -- report -------------------------------------------------------------------------------
 
 
@@ -705,7 +794,7 @@ def fmt(value: float | None, unit: str) -> str:
 def print_table(figures: list[Figure], compare: bool) -> None:
     header = ["figure", "unit", "median", "p90", "n", "target"]
     if compare:
-        header += ["mirakuru median", "ours/theirs"]
+        header += ["mirakuru median", "ours/mirakuru", "xprocess median", "ours/xprocess"]
     rows = [header]
     for f in figures:
         row = [
@@ -717,13 +806,14 @@ def print_table(figures: list[Figure], compare: bool) -> None:
             f.target,
         ]
         if compare:
-            theirs = f.median(f.theirs)
-            ours = f.median()
-            ratio = "-"
-            if theirs and ours is not None and f.target != "-":
-                r = ours / theirs
-                ratio = f"{r:.3f}" if r >= 0.01 else f"{r:.2g}"
-            row += [fmt(theirs, f.unit), ratio]
+            for values in (f.theirs, f.xprocess):
+                theirs = f.median(values)
+                ours = f.median()
+                ratio = "-"
+                if theirs and ours is not None and f.target != "-":
+                    r = ours / theirs
+                    ratio = f"{r:.3f}" if r >= 0.01 else f"{r:.2g}"
+                row += [fmt(theirs, f.unit), ratio]
         rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     for i, row in enumerate(rows):
@@ -732,11 +822,15 @@ def print_table(figures: list[Figure], compare: bool) -> None:
             print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
 
 
-def measure(root: Path, groups: set[str], runs: int, figs: dict[str, Figure]) -> None:
+def measure(root: Path, groups: set[str], runs: int, figs: dict[str, Figure]) -> None:  # noqa: C901 - one branch per group
     """Take the figures of ``groups``, with scratch directories under ``root``."""
     if "start" in groups:
         (root / "a").mkdir()
         bench_start_stop(root / "a", runs, figs)
+    if "told" in groups:
+        for how in ("notify", "log"):
+            (root / how).mkdir()
+            bench_told(root / how, runs, figs[how], figs[f"cpu_{how}"], how)
     if "failures" in groups:
         for key, args in [
             ("fail_before", ("--exit-before-daemonize", "3")),
@@ -769,13 +863,25 @@ def measure(root: Path, groups: set[str], runs: int, figs: dict[str, Figure]) ->
 
 
 #: The groups of figures --only can choose from.
-GROUPS = ("start", "failures", "hot", "connect", "import", "asyncio", "port", "postgresql")
+GROUPS = (
+    "start",
+    "told",
+    "failures",
+    "hot",
+    "connect",
+    "import",
+    "asyncio",
+    "port",
+    "postgresql",
+)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=20, help="samples per figure (default 20)")
-    parser.add_argument("--compare", action="store_true", help="also measure mirakuru")
+    parser.add_argument(
+        "--compare", action="store_true", help="also measure mirakuru and pytest-xprocess"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument(
         "--only", metavar="GROUPS", help=f"comma-separated, of: {', '.join(GROUPS)} (default all)"
@@ -795,7 +901,15 @@ def main() -> int:
         "die_after_daemonize": Figure(
             "daemon dies after daemonizing, before PID file", "ms", "<= 100"
         ),
-        "cpu": Figure("controller CPU while waiting for a start", "%", "< 10"),
+        "notify": Figure(
+            "readiness delay with notify(): start() return - daemon's READY=1 send", "ms", "<= 0.3"
+        ),
+        "log": Figure(
+            "readiness delay with ping_log(): start() return - daemon's ready line", "ms", "<= 1"
+        ),
+        "cpu": Figure("controller CPU while waiting for a TCP-ping daemon", "%", "<= 5"),
+        "cpu_notify": Figure("controller CPU while waiting for a notify() daemon", "%", "<= 1"),
+        "cpu_log": Figure("controller CPU while waiting for a ping_log() daemon", "%", "<= 1"),
         "is_running": Figure("is_running() on a running daemon", "calls/s", ">= 75,000"),
         "connect": Figure("connect(fn) rate vs fn alone", "%", ">= 90"),
         "starts": Figure("16 processes connect() at once: starts", "count", "1"),
@@ -824,6 +938,7 @@ def main() -> int:
         if options.compare:
             (root / "mk").mkdir()
             compare_mirakuru(root / "mk", runs, figs)
+            compare_log_ready(root / "mk", runs, figs["log"])
 
     if options.json:
         print(
@@ -838,6 +953,7 @@ def main() -> int:
                         "target": f.target,
                         "samples": f.samples,
                         "mirakuru_median": f.median(f.theirs),
+                        "xprocess_median": f.median(f.xprocess),
                     }
                     for key, f in figs.items()
                 },

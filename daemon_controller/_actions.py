@@ -20,10 +20,10 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, TypeVar
 
 from . import (
+    _attempts,
     _cancel,
     _commands,
     _failures,
-    _launch,
     _lock,
     _options,
     _ownership,
@@ -73,7 +73,7 @@ def _refuse_stranger(target: StartTarget) -> None:
     gem's semantics: spawn, wait for the PID file, then ping).
     """
     probe = target.probe
-    if not has_address(probe) or not probe.check(0.5):
+    if probe is None or not has_address(probe) or not probe.check(0.5):
         return
     who = holder(probe)
     where = f" by {who}" if who else ""
@@ -86,7 +86,7 @@ def _refuse_stranger(target: StartTarget) -> None:
 
 
 def _start_attempt(target: StartTarget) -> None:
-    """One attempt, as ``_launch`` hands it over: port chosen, placeholders filled in."""
+    """One attempt, as ``_attempts`` hands it over: port chosen, placeholders filled in."""
     _refuse_stranger(target)
     if target.before_start is not None:
         target.before_start(target.config)
@@ -109,7 +109,7 @@ def start_locked(target: StartTarget, *, restart: bool = False) -> None:
         raise StartError(target.name, msg, ran=False)
     _stop.leftovers(target, SYSTEM_CLOCK)  # of a start whose controller was killed
     _pidfile.remove(pid_file)  # leftover from a crash, or stale
-    _launch.start(target, _start_attempt, restart=restart)
+    _attempts.start(target, _start_attempt, restart=restart)
 
 
 def start(target: StartTarget) -> None:

@@ -20,7 +20,7 @@ from ._files import read_span
 from ._options import command_text
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     from ._options import Command, DaemonConfig
 
@@ -28,14 +28,17 @@ if TYPE_CHECKING:
 __tracebackhide__ = hide_frames
 
 
-def environment(config: DaemonConfig, marker: str | None = None) -> dict[str, str] | None:
-    """The environment for a command: ours, ``.env()``, the marker.
+def environment(
+    config: DaemonConfig, marker: str | None = None, extra: Mapping[str, str] | None = None
+) -> dict[str, str] | None:
+    """The environment for a command: ours, ``.env()``, the marker, then ``extra``.
 
     With ``.user()``, that user's login environment instead of ours (none of
     our sessions' or agents' variables; see ``_platform.user_environment``).
-    ``None`` (inherit ours unchanged) when there is nothing to add.
+    ``extra`` (``NOTIFY_SOCKET`` of a start) comes last. ``None`` (inherit
+    ours unchanged) when there is nothing to add.
     """
-    if not config.env and marker is None and config.user is None:
+    if not config.env and marker is None and config.user is None and not extra:
         return None
     env = dict(os.environ)
     if config.user is not None:
@@ -43,6 +46,7 @@ def environment(config: DaemonConfig, marker: str | None = None) -> dict[str, st
     env.update(config.env)
     if marker is not None:
         env[_tracking.MARKER] = marker
+    env.update(extra or {})
     return env
 
 
@@ -157,6 +161,7 @@ def spawn(
     stdout: IO[bytes] | int | None,
     marker: str,
     foreground: bool,
+    extra_env: Mapping[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start a start command (or a foreground program) in a session of its own.
 
@@ -166,7 +171,8 @@ def spawn(
             ``exec``-ed so that its PID is the program's.
         stdout: Where its stdout and stderr go; ``None``: to ours.
         marker: The environment marker its descendants are recognised by.
-        foreground: The program stays in the foreground (it is the daemon).
+        foreground: The program may stay in the foreground (it is the daemon).
+        extra_env: Variables set last (the notify socket of a start).
 
     Raises:
         OSError: It could not be executed.
@@ -180,7 +186,7 @@ def spawn(
         stdin=subprocess.DEVNULL,
         stdout=stdout,
         stderr=subprocess.STDOUT if stdout is not None else None,
-        env=environment(config, marker),
+        env=environment(config, marker, extra_env),
         cwd=config.cwd,
         close_fds=True,
         pass_fds=config.keep_fds,

@@ -8,7 +8,9 @@ file's name is the stem of the library's side files:
 * ``<lock>.failure`` — the last failed start, shared with those who waited for it;
 * ``<lock>.started`` — who the last start spawned (see ``_record``);
 * ``<lock>.port`` — the TCP port chosen for the daemon when it started;
-* ``<lock>.prepared`` — which prepared template its run directory was copied from.
+* ``<lock>.prepared`` — which prepared template its run directory was copied from;
+* ``<lock>.status`` — the ``STATUS=`` texts a ``notify()`` daemon sent while it
+  started (see ``_notify``).
 
 All of them may lie in a directory other users can write, so they are opened
 with :func:`open_file`: no symlinks, no blocking, regular files of ours only,
@@ -271,6 +273,7 @@ class DaemonFiles:
         record: The record of the last start: its marker, the PID and start time.
         port: The port the daemon was given when it started (``port()``).
         prepared: The fingerprint of the template its run directory was copied from.
+        status: The ``STATUS=`` texts a ``notify()`` daemon sent, with its PID.
     """
 
     pid: Path
@@ -281,9 +284,10 @@ class DaemonFiles:
     record: Path = field(init=False, repr=False, compare=False)
     port: Path = field(init=False, repr=False, compare=False)
     prepared: Path = field(init=False, repr=False, compare=False)
+    status: Path = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        for suffix in ("users", "owner", "failure", "port", "prepared"):
+        for suffix in ("users", "owner", "failure", "port", "prepared", "status"):
             object.__setattr__(self, suffix, self.lock.with_name(f"{self.lock.name}.{suffix}"))
         object.__setattr__(self, "record", self.lock.with_name(f"{self.lock.name}.started"))
 

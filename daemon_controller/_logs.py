@@ -18,7 +18,7 @@ import stat
 from typing import TYPE_CHECKING
 
 from . import _platform
-from ._files import only_ours, open_file, own_uids, read_tail
+from ._files import check_file, only_ours, open_file, own_uids, read_tail
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -119,3 +119,145 @@ class LogWatch:
         if text is None and self._stat() is None:
             return ""  # no log (yet): nothing was written to it
         return text
+
+
+def _open_to_read(path: Path, user: str | None) -> int | None:
+    """The log opened for reading as :meth:`LogWatch.new_text` reads it, or ``None``.
+
+    As the daemon's user where it has one (see the module); a regular file
+    only.
+    """
+    ids = _platform.user_ids(user)
+    with _platform.files_as(ids) as switched:
+        fd = _try_open(path, None if ids is None or switched else {ids[0]})
+    if fd is None and ids is not None and only_ours(path.parent):
+        fd = _try_open(path, None)
+    return fd
+
+
+def _try_open(path: Path, owners: set[int] | None) -> int | None:
+    try:
+        if owners is not None:
+            return open_file(path, os.O_RDONLY, owners=owners)
+        fd = os.open(path, _READ_FLAGS)
+    except OSError:
+        return None
+    try:
+        check_file(os.fstat(fd), path)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+#: A "line" longer than this (binary data without newlines) is cut into pieces
+#: of this size, so that following a log takes bounded memory.
+MAX_LINE = 64 * 1024
+#: At most this much is read per look; a log written faster than that is read
+#: on in the next look, without a pause in between (see ``LogLines.behind``).
+_READ_BUDGET = 4 * 1024 * 1024
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+class LogLines:
+    """The lines appended to the daemon's log since a start began, read as they come.
+
+    The file is followed by name: when it is rotated (renamed away, a new one
+    created) the rest of the old file is read, then the new one from its
+    start; when it is truncated (``copytruncate``), it is read again from its
+    start. A line written in several pieces is returned once it is complete
+    (its newline written); undecodable bytes are replaced, and a "line"
+    longer than :data:`MAX_LINE` is cut into pieces of that size. Anything
+    that is not a regular file is not read at all.
+
+    Attributes:
+        behind: Whether the last :meth:`read` stopped before the end of the
+            file (the log grows faster than a look reads): look again at once.
+    """
+
+    __slots__ = ("_fd", "_inode", "_partial", "_pos", "_start", "behind", "path", "user")
+
+    def __init__(self, watch: LogWatch) -> None:
+        self.path = watch.path
+        self.user = watch.user
+        self._start = (watch.inode, watch.offset)  # where "new" began
+        self._fd: int | None = None
+        self._inode: int | None = None
+        self._pos = 0
+        self._partial = bytearray()
+        self.behind = False
+        self._open()  # now, before the daemon runs: a rotation cannot hide its first lines
+
+    def read(self) -> list[str]:
+        """The complete lines appended since the last call."""
+        chunks: list[bytes] = []
+        if self._fd is not None and self._replaced():
+            self._drain(chunks)  # the rest of the rotated file
+            self._close()
+        if self._fd is None:
+            self._open()
+        self.behind = self._fd is not None and self._drain(chunks)
+        return self._split(b"".join(chunks))
+
+    def _open(self) -> None:
+        fd = _open_to_read(self.path, self.user)
+        if fd is None:
+            return
+        info = os.fstat(fd)
+        inode, offset = self._start
+        self._fd, self._inode = fd, info.st_ino
+        # The file that was there when the start began: from where it ended then.
+        self._pos = offset if info.st_ino == inode and info.st_size >= offset else 0
+        self._start = (None, 0)  # any later file is new from its first byte
+
+    def _replaced(self) -> bool:
+        """Whether the name now leads to another file (rotation) or to none."""
+        try:
+            return os.stat(self.path).st_ino != self._inode
+        except OSError:
+            return True
+
+    def _drain(self, chunks: list[bytes]) -> bool:
+        """Read what was appended (at most a budget); whether more is left."""
+        assert self._fd is not None  # noqa: S101 - callers check
+        try:
+            size = os.fstat(self._fd).st_size
+            if size < self._pos:  # truncated: what is there now is new
+                self._pos = 0
+                self._partial.clear()
+            os.lseek(self._fd, self._pos, os.SEEK_SET)
+            data = os.read(self._fd, min(size - self._pos, _READ_BUDGET))
+        except OSError:
+            self._close()
+            return False
+        self._pos += len(data)
+        chunks.append(data)
+        return self._pos < size
+
+    def _split(self, data: bytes) -> list[str]:
+        buffer = self._partial
+        buffer += data
+        lines: list[str] = []
+        start = 0
+        while True:
+            end = buffer.find(b"\n", start, start + MAX_LINE + 1)
+            if end < 0:
+                if len(buffer) - start <= MAX_LINE:
+                    break
+                end = start + MAX_LINE  # a line too long: cut it
+                lines.append(buffer[start:end].decode("utf-8", "replace"))
+                start = end
+                continue
+            lines.append(buffer[start:end].rstrip(b"\r").decode("utf-8", "replace"))
+            start = end + 1
+        del buffer[:start]
+        return lines
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def close(self) -> None:
+        """Stop following the log."""
+        self._close()

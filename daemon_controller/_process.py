@@ -230,6 +230,17 @@ class ExitWatches:
         handle.wait(seconds, wake)
         return True
 
+    def fileno(self, pid: int) -> int | None:
+        """The descriptor that becomes readable when ``pid`` exits, or ``None``.
+
+        ``None`` where the platform has no exit handles, or when ``pid`` is
+        already gone: the caller then pauses by other means.
+        """
+        if pid not in self._handles:
+            self.alive(pid)
+        handle = self._handles.get(pid)
+        return None if handle is None else handle.fileno()
+
     def has_handle(self, pid: int) -> bool:
         """Whether ``pid`` is watched through an exit handle (its exit wakes :meth:`wait`)."""
         return self._handles.get(pid) is not None

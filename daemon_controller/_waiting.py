@@ -92,14 +92,20 @@ class Deadline:
         """Seconds since the deadline was set."""
         return self.clock.now() - self.started
 
+    def extend(self, seconds: float) -> None:
+        """Make sure at least ``seconds`` are left from now (never shortens the wait)."""
+        if self.timeout is not None:
+            self.timeout = max(self.timeout, self.elapsed() + seconds)
+
 
 #: Checking may take at most this share of the time: the pause after a round
-#: of checking is at least 20 times as long as the round took (about 5% of a
-#: core for the rounds; waking up from each pause costs a little more).
-_COST_RATIO = 20.0
+#: of checking is at least 25 times as long as the round took (about 4% of a
+#: core for the rounds; waking up from each pause costs a little more, and
+#: the whole wait is to stay under 5%).
+_COST_RATIO = 25.0
 #: A round's cost is the least of the last few: one round that the scheduler
 #: held up (another process ran meanwhile) must not stretch the next pause
-#: twentyfold, while a check that is always slow (a command run as a ping)
+#: 25-fold, while a check that is always slow (a command run as a ping)
 #: still counts in full. A check that is slow only now and then is costed by
 #: its usual, cheap rounds.
 _COST_WINDOW = 4
@@ -153,12 +159,12 @@ def poll_until(
     """Call ``check`` until it returns something other than ``None``.
 
     The pause between checks adapts: it starts at ``first_interval``, is never
-    shorter than 20 times what a check costs (so an expensive check, like a
+    shorter than 25 times what a check costs (so an expensive check, like a
     command run as a ping, does not eat a core), grows slowly with the time
     waited, and never exceeds ``max_interval`` or the time left. A check's
     cost is all the work between two pauses (the loop's own included), and
     the least of the last four counts, so one check that the scheduler held
-    up does not stretch the next pause twentyfold.
+    up does not stretch the next pause 25-fold.
 
     Args:
         check: Returns ``None`` for "not yet"; any other value ends the wait and

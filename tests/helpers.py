@@ -214,6 +214,25 @@ class BeforeStart:
         self._record("exit")
 
 
+def event_time(record: Path, event: str, timeout: float = 10.0) -> float:
+    """When the echo server stamped ``event`` in its ``--record`` file (CLOCK_MONOTONIC).
+
+    Waits briefly for the line: the server stamps the moment, then writes it.
+    """
+    found: list[float] = []
+
+    def stamped() -> bool:
+        found[:] = [
+            entry["monotonic"]
+            for entry in map(json.loads, lines(record) if record.exists() else [])
+            if entry["event"] == event
+        ]
+        return bool(found)
+
+    assert wait_until(stamped, timeout), f"no {event!r} in {record}"
+    return found[-1]
+
+
 def start_records(path: Path) -> list[dict[str, Any]]:
     """What a :class:`BeforeStart` recorded in ``path``."""
     return [json.loads(line) for line in lines(path) if line.strip()]

@@ -12,10 +12,13 @@ import sys
 if sys.platform == "win32":
     from ._windows import (
         DEFAULT_STOP_SIGNAL,
+        HAS_NOTIFY,
         PASSTHROUGH_LOG_PATHS,
         SHELL_HAS_EXEC,
         UNIX_PATH_MAX,
         ExitHandle,
+        FileWatch,
+        NotifySocket,
         boot_id,
         clone_file,
         detach_kwargs,
@@ -38,23 +41,25 @@ if sys.platform == "win32":
         user_ids,
         user_runtime_dir,
         wait_exit,
+        watch_files,
     )
 else:
+    # POSIX; file events (inotify), the notify socket and another user's files
+    # live in modules of their own.
+    from ._inotify import FileWatch, watch_files
+    from ._notifysock import NotifySocket
     from ._posix import (
         DEFAULT_STOP_SIGNAL,
+        HAS_NOTIFY,
         PASSTHROUGH_LOG_PATHS,
         SHELL_HAS_EXEC,
         UNIX_PATH_MAX,
         ExitHandle,
         boot_id,
-        clone_file,
         detach_kwargs,
         exit_handle,
-        files_as,
         force_kill,
-        give,
         group_alive,
-        keep_owner,
         leads_group,
         leads_session,
         lock_fd,
@@ -64,18 +69,27 @@ else:
         signal_name,
         start_stamp,
         unlock_fd,
+        wait_exit,
+    )
+    from ._posix_users import (
+        clone_file,
+        files_as,
+        give,
+        keep_owner,
         user_environment,
         user_ids,
         user_runtime_dir,
-        wait_exit,
     )
 
 __all__ = [
     "DEFAULT_STOP_SIGNAL",
+    "HAS_NOTIFY",
     "PASSTHROUGH_LOG_PATHS",
     "SHELL_HAS_EXEC",
     "UNIX_PATH_MAX",
     "ExitHandle",
+    "FileWatch",
+    "NotifySocket",
     "boot_id",
     "clone_file",
     "detach_kwargs",
@@ -98,4 +112,5 @@ __all__ = [
     "user_ids",
     "user_runtime_dir",
     "wait_exit",
+    "watch_files",
 ]

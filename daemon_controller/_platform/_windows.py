@@ -16,11 +16,17 @@ if TYPE_CHECKING:
 
 import psutil
 
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
 # The type checker reads this module for Windows only; it still imports
 # elsewhere (the tests check), where nothing in it is called.
 assert sys.platform == "win32" or not TYPE_CHECKING  # noqa: S101 - a type-checker directive
 
 DEFAULT_STOP_SIGNAL = "CTRL_BREAK_EVENT"
+#: Whether a daemon can tell us it is ready through a unix datagram socket:
+#: Windows has unix stream sockets only, so ``notify()`` is refused.
+HAS_NOTIFY = False
 #: Whether ``sh -c "exec prog"`` works here (cmd.exe has no exec).
 SHELL_HAS_EXEC = False
 _WRONG_OS = "Windows process control is only available on Windows"
@@ -236,6 +242,10 @@ class ExitHandle:
         del timeout, wake
         raise NotImplementedError(_WRONG_OS)
 
+    def fileno(self) -> int | None:
+        """Not used on Windows."""
+        return None
+
     def close(self) -> None:
         """Not used on Windows."""
 
@@ -266,3 +276,49 @@ def clone_file(source: int, target: int) -> bool:
 def keep_owner(path: str, original: os.stat_result) -> None:
     """Nothing to do: copies belong to whoever makes them."""
     del path, original
+
+
+class FileWatch:
+    """Never made on Windows: :func:`watch_files` returns ``None``."""
+
+    __slots__ = ()
+    complete = False
+
+    def fileno(self) -> int:
+        """Not used on Windows."""
+        raise NotImplementedError(_WRONG_OS)
+
+    def changed(self) -> bool:
+        """Not used on Windows."""
+        raise NotImplementedError(_WRONG_OS)
+
+    def close(self) -> None:
+        """Not used on Windows."""
+
+
+class NotifySocket:
+    """Windows has no unix datagram sockets: ``notify()`` is refused when it is set."""
+
+    address = ""
+
+    def __init__(self, runtime_dir: Callable[[], Path]) -> None:
+        del runtime_dir
+        msg = "Windows has no unix datagram sockets for the notify protocol"
+        raise OSError(msg)
+
+    def fileno(self) -> int:
+        """Not used on Windows."""
+        raise NotImplementedError(_WRONG_OS)
+
+    def receive(self) -> list[tuple[int | None, bytes]]:
+        """Not used on Windows."""
+        raise NotImplementedError(_WRONG_OS)
+
+    def close(self) -> None:
+        """Not used on Windows."""
+
+
+def watch_files(paths: Iterable[Path]) -> FileWatch | None:
+    """No file-change events here (yet): the caller polls."""
+    del paths
+    return None

@@ -141,6 +141,21 @@ def test_foreground_http_server():
     )
 
 
+def test_told_readiness(nginx_bin, redis_bin, memcached_bin):
+    check(
+        "told_readiness.py",
+        "dc-told-readiness-",
+        "1. Redis said READY=1",
+        "PING -> b'+PONG'",
+        "its last STATUS: 'Ready to accept connections'",
+        "2. memcached logged 'server listening'",
+        "GET / -> 'ready by its own word'",
+        "pattern 'server listening' not seen; the daemon (PID",
+        "Address already in use",
+        "OK",
+    )
+
+
 def test_startup_errors(nginx_bin, redis_bin):
     check(
         "startup_errors.py",
