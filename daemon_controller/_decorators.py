@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from ._errors import hide_frames
-from ._scoped import wrap
+from ._scoped import Decorator
 from ._together import AllRunning, check_daemons
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Coroutine
-
     from ._daemon import Daemon
+    from ._scoped import Running
 
 #: pytest shows our errors without our frames (see ``_errors.hide_frames``).
 __tracebackhide__ = hide_frames
@@ -20,26 +19,18 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-class _Requires:
+class _Requires(Decorator):
     """The decorator ``requires(...)`` returns; see :func:`requires`."""
 
     def __init__(self, daemons: tuple[Daemon, ...], stop: bool | None) -> None:
         self.daemons = daemons
         self.stop = stop
 
-    @overload
-    def __call__(
-        self, function: Callable[P, Coroutine[Any, Any, R]]
-    ) -> Callable[P, Coroutine[Any, Any, R]]: ...
-
-    @overload
-    def __call__(self, function: Callable[P, R]) -> Callable[P, R]: ...
-
-    def __call__(self, function: Callable[P, Any]) -> Callable[P, Any]:
+    def _blocks(self) -> list[Running | AllRunning]:
         daemons, stop = self.daemons, self.stop
         if len(daemons) == 1:
-            return wrap(function, lambda: [daemons[0].running(stop=stop)])
-        return wrap(function, lambda: [AllRunning(daemons, stop)])
+            return [daemons[0].running(stop=stop)]
+        return [AllRunning(daemons, stop)]
 
 
 def requires(*daemons: Daemon, stop: bool | None = None) -> _Requires:

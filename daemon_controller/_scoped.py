@@ -85,7 +85,27 @@ def wrap(function: Callable[P, Any], blocks: Callable[[], Sequence[Block]]) -> C
     return wrapper
 
 
-class Running:
+class Decorator:
+    """Decorates plain and ``async def`` functions: each call runs inside fresh blocks."""
+
+    def _blocks(self) -> Sequence[Any]:
+        """The context managers one call of the decorated function runs inside."""
+        raise NotImplementedError
+
+    @overload
+    def __call__(
+        self, function: Callable[P, Coroutine[Any, Any, R]]
+    ) -> Callable[P, Coroutine[Any, Any, R]]: ...
+
+    @overload
+    def __call__(self, function: Callable[P, R]) -> Callable[P, R]: ...
+
+    def __call__(self, function: Callable[P, Any]) -> Callable[P, Any]:
+        """Decorate ``function``: each call runs in a block (or blocks) of its own."""
+        return wrap(function, self._blocks)
+
+
+class Running(Decorator):
     """The context manager returned by :meth:`Daemon.running`.
 
     Usable as ``with``, ``async with`` and as a decorator of plain and
@@ -111,17 +131,8 @@ class Running:
         fresh.defer = self.defer
         return fresh
 
-    @overload
-    def __call__(
-        self, function: Callable[P, Coroutine[Any, Any, R]]
-    ) -> Callable[P, Coroutine[Any, Any, R]]: ...
-
-    @overload
-    def __call__(self, function: Callable[P, R]) -> Callable[P, R]: ...
-
-    def __call__(self, function: Callable[P, Any]) -> Callable[P, Any]:
-        """Decorate ``function``: each call runs in a block of its own."""
-        return wrap(function, lambda: (self._fresh(),))
+    def _blocks(self) -> tuple[Running]:
+        return (self._fresh(),)
 
     # -- sync -----------------------------------------------------------------------
 

@@ -19,16 +19,16 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from . import _actions, _aio, _cancel, _failures, _pidfile
 from ._concurrently import each
 from ._daemon import Daemon
 from ._errors import DaemonError, StartFailures
-from ._scoped import Running, wrap
+from ._scoped import Decorator, Running
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Coroutine, Sequence
+    from collections.abc import Callable, Sequence
     from types import TracebackType
 
 P = ParamSpec("P")
@@ -73,7 +73,7 @@ def _note(error: BaseException | None, problems: list[str]) -> None:
             error.add_note(problem)
 
 
-class AllRunning:
+class AllRunning(Decorator):
     """The context manager returned by :func:`all_running`.
 
     Usable as ``with``, ``async with`` and as a decorator (each call of the
@@ -86,17 +86,8 @@ class AllRunning:
         self._entered: list[list[Running]] = []
         self._guard = threading.Lock()
 
-    @overload
-    def __call__(
-        self, function: Callable[P, Coroutine[Any, Any, R]]
-    ) -> Callable[P, Coroutine[Any, Any, R]]: ...
-
-    @overload
-    def __call__(self, function: Callable[P, R]) -> Callable[P, R]: ...
-
-    def __call__(self, function: Callable[P, Any]) -> Callable[P, Any]:
-        """Decorate ``function``: each call runs in a block of its own."""
-        return wrap(function, lambda: (AllRunning(self.daemons, self.stop),))
+    def _blocks(self) -> tuple[AllRunning]:
+        return (AllRunning(self.daemons, self.stop),)
 
     # -- the work, in the calling thread or a worker ---------------------------------
 
