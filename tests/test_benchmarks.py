@@ -41,6 +41,8 @@ def test_benchmark_script_measures_every_figure(test_id: str):
     assert figures["starts"]["samples"] == [1, 1, 1]
     if pidfd:
         # stop() is woken after the daemon's last instruction and returns after that.
-        # (A stop that finds the daemon gone already is not woken: no split.)
-        assert figures["teardown"]["n"] == figures["ours"]["n"] >= 1
+        # A stop that finds the daemon gone already is not woken: no split. With
+        # two runs on a loaded machine that can be both (the daemon exits while
+        # stop() forgets its start record), so the rows may be empty, never uneven.
+        assert figures["teardown"]["n"] == figures["ours"]["n"]
         assert all(t >= 0 for t in figures["teardown"]["samples"] + figures["ours"]["samples"])
