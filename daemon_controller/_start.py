@@ -82,6 +82,7 @@ class Start:
         self.returncode: int | None = None  # the start command's, once it exited
         self.pid: int | None = None  # the daemon's PID, once known
         self.pid_written: int | None = None  # what its PID file said at the last look
+        self.pid_version: tuple[int, int, int, int] | None = None  # ... and which version
         self.last_activity = 0.0
         self.readiness = self._readiness()  # last: it opens the notify socket
 
@@ -145,7 +146,7 @@ class Start:
         the foreground.
         """
         assert self.proc is not None  # noqa: S101 - set in run()
-        written = self.pid_written = _pidfile.read_pid(self.pid_file)
+        written = self._pid_in_file()
         if written is not None:
             if self.exits.alive(written):
                 if written != self.pid:
@@ -173,6 +174,13 @@ class Start:
             )
         self._check_background()
         return None
+
+    def _pid_in_file(self) -> int | None:
+        """The PID file's PID; read again only when it changed (one stat() a look otherwise)."""
+        version = _pidfile.signature(self.pid_file)
+        if version is None or version != self.pid_version:
+            self.pid_version, self.pid_written = version, _pidfile.read_pid(self.pid_file)
+        return self.pid_written
 
     def _check_background(self) -> None:
         """No PID yet: is anything of the daemon alive, and is its log active?"""
