@@ -57,6 +57,9 @@ class Phase(enum.Enum):
 #: While only events can change anything, the PID file's phase still looks
 #: this often: the scan for new descendants wants it (see ``_tracking``).
 _EVENT_PAUSE_PID_FILE = 0.05
+#: Elsewhere, a look when no event came is a safety net only (at least this
+#: long, or ``ping_interval`` if that is longer): every change wakes us.
+_EVENT_PAUSE = 0.5
 
 
 class Start:
@@ -284,19 +287,15 @@ class Start:
             return 0.0  # the log grows faster than one look reads it
         if not all(self.exits.has_handle(pid) for pid in self._watched_pids()):
             return chosen  # an exit would not wake us
-        interval = self.cfg.ping_interval
+        quiet = max(self.cfg.ping_interval, _EVENT_PAUSE)
         match self.phase:
             case Phase.COMMAND:
-                pause = interval
+                return quiet
             case Phase.PID_FILE if self.pid_watch is not None and self.pid_watch.complete:
-                pause = max(chosen, min(interval, _EVENT_PAUSE_PID_FILE))
-            case Phase.PING if self.readiness.evented and (
-                self.probe is None or not self.readiness.told
-            ):
-                pause = interval
-            case _:
-                pause = chosen  # asking a ping, or a log line polled for (no file events)
-        return pause
+                return max(chosen, min(self.cfg.ping_interval, _EVENT_PAUSE_PID_FILE))
+            case Phase.PING if self.readiness.evented and not (self.probe and self.readiness.told):
+                return quiet
+        return chosen  # asking a ping, or a log line polled for (no file events)
 
     def _sleep(self, seconds: float) -> None:
         """Pause between looks, waking early on any event of :meth:`_wake_fds`."""
@@ -400,10 +399,10 @@ class Start:
                 message = f"{within}: {missing()} (the start command still runs)."
             case Phase.COMMAND:
                 message = (
-                    f"{within}: the start command "
-                    "is still running. It seems to stay in the foreground instead of going "
-                    "into the background; if so, use .foreground() (or daemonize_for_me=True "
-                    "in DaemonController) and the library will detach it for you."
+                    f"{within}: the start command is still running. It seems to stay in the "
+                    "foreground instead of going into the background; if so, use .foreground() "
+                    "(or daemonize_for_me=True in DaemonController) and the library will "
+                    "detach it for you."
                 )
             case Phase.PID_FILE if self.cfg.notify:
                 message = f"{within}: {missing()}."
