@@ -74,6 +74,19 @@ def _read(path: Path | str) -> tuple[bytes, os.stat_result] | None:
         os.close(fd)
 
 
+def signature(path: Path) -> tuple[int, int, int, int] | None:
+    """The file's identity and version from one ``stat()``: device, inode, ctime, size.
+
+    Equal signatures mean the file was not replaced or written in between, so
+    a caller looking again and again need not read it again.
+    """
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino, info.st_ctime_ns, info.st_size)
+
+
 def read_pid(path: Path) -> int | None:
     """The PID recorded in the file, without checking whether it runs."""
     content = _read(path)

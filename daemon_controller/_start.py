@@ -6,10 +6,8 @@ The phases, in order (a program run in the foreground starts at ``PING``)::
        │   ╰─────────── named by READY=1 ──────▶╯     │
        └──── any failure: the abort (SIGTERM, grace, SIGKILL), then StartError
 
-"Ready" is what :mod:`._readiness` says: told by the daemon (``READY=1``, a
-log line) and/or answering its ping. What the daemon tells us is taken in at
-every look, whatever the phase; a notify daemon that names its PID
-(``MAINPID=``, or by sending ``READY=1``) needs no PID file.
+"Ready" is what :mod:`._readiness` says: told (``READY=1``, a log line) and/or
+answering the ping; a notify daemon naming its PID needs no PID file.
 
 ``phase`` is set only at those transitions. For each phase, one ``match``
 says what a look at the daemon does (:meth:`Start._check`), what wakes a pause
@@ -57,6 +55,9 @@ class Phase(enum.Enum):
 #: While only events can change anything, the PID file's phase still looks
 #: this often: the scan for new descendants wants it (see ``_tracking``).
 _EVENT_PAUSE_PID_FILE = 0.05
+#: Elsewhere, a look when no event came is a safety net only (at least this
+#: long, or ``ping_interval`` if that is longer): every change wakes us.
+_EVENT_PAUSE = 0.5
 
 
 class Start:
@@ -82,6 +83,7 @@ class Start:
         self.returncode: int | None = None  # the start command's, once it exited
         self.pid: int | None = None  # the daemon's PID, once known
         self.pid_written: int | None = None  # what its PID file said at the last look
+        self.pid_version: tuple[int, int, int, int] | None = None  # ... and which version
         self.last_activity = 0.0
         self.token = _cancel.current()  # a cancellation ends a pause and aborts the start
         self.readiness = self._readiness()  # last: it opens the notify socket
@@ -146,7 +148,7 @@ class Start:
         the foreground.
         """
         assert self.proc is not None  # noqa: S101 - set in run()
-        written = self.pid_written = _pidfile.read_pid(self.pid_file)
+        written = self._pid_in_file()
         if written is not None:
             if self.exits.alive(written):
                 self._refuse_distrusted(written)
@@ -181,6 +183,13 @@ class Start:
         refused = written != self.pid and _pidfile.distrust(self.pid_file, written, self.cfg.user)
         if refused:
             raise Failed(f"Daemon '{self.name}' failed to start: {refused}.", pid=written)
+
+    def _pid_in_file(self) -> int | None:
+        """The PID file's PID; read again only when it changed (one stat() a look otherwise)."""
+        version = _pidfile.signature(self.pid_file)
+        if version is None or version != self.pid_version:
+            self.pid_version, self.pid_written = version, _pidfile.read_pid(self.pid_file)
+        return self.pid_written
 
     def _check_background(self) -> None:
         """No PID yet: is anything of the daemon alive, and is its log active?"""
@@ -284,19 +293,15 @@ class Start:
             return 0.0  # the log grows faster than one look reads it
         if not all(self.exits.has_handle(pid) for pid in self._watched_pids()):
             return chosen  # an exit would not wake us
-        interval = self.cfg.ping_interval
+        quiet = max(self.cfg.ping_interval, _EVENT_PAUSE)
         match self.phase:
             case Phase.COMMAND:
-                pause = interval
+                return quiet
             case Phase.PID_FILE if self.pid_watch is not None and self.pid_watch.complete:
-                pause = max(chosen, min(interval, _EVENT_PAUSE_PID_FILE))
-            case Phase.PING if self.readiness.evented and (
-                self.probe is None or not self.readiness.told
-            ):
-                pause = interval
-            case _:
-                pause = chosen  # asking a ping, or a log line polled for (no file events)
-        return pause
+                return max(chosen, min(self.cfg.ping_interval, _EVENT_PAUSE_PID_FILE))
+            case Phase.PING if self.readiness.evented and not (self.probe and self.readiness.told):
+                return quiet
+        return chosen  # asking a ping, or a log line polled for (no file events)
 
     def _sleep(self, seconds: float) -> None:
         """Pause between looks, waking early on any event of :meth:`_wake_fds` or a cancellation."""
@@ -396,10 +401,10 @@ class Start:
                 message = f"{within}: {missing()} (the start command still runs)."
             case Phase.COMMAND:
                 message = (
-                    f"{within}: the start command "
-                    "is still running. It seems to stay in the foreground instead of going "
-                    "into the background; if so, use .foreground() (or daemonize_for_me=True "
-                    "in DaemonController) and the library will detach it for you."
+                    f"{within}: the start command is still running. It seems to stay in the "
+                    "foreground instead of going into the background; if so, use .foreground() "
+                    "(or daemonize_for_me=True in DaemonController) and the library will "
+                    "detach it for you."
                 )
             case Phase.PID_FILE if self.cfg.notify:
                 message = f"{within}: {missing()}."

@@ -99,13 +99,14 @@ class Deadline:
 
 
 #: Checking may take at most this share of the time: the pause after a round
-#: of checking is at least 25 times as long as the round took (about 4% of a
-#: core for the rounds; waking up from each pause costs a little more, and
-#: the whole wait is to stay under 5%).
-_COST_RATIO = 25.0
+#: of checking is at least 30 times as long as the round took (about 3% of a
+#: core for the rounds as costed; rounds usually cost more than the cheapest,
+#: and waking up from each pause costs a little more: the whole wait is to
+#: stay under 5%).
+_COST_RATIO = 30.0
 #: A round's cost is the least of the last few: one round that the scheduler
 #: held up (another process ran meanwhile) must not stretch the next pause
-#: 25-fold, while a check that is always slow (a command run as a ping)
+#: 30-fold, while a check that is always slow (a command run as a ping)
 #: still counts in full. A check that is slow only now and then is costed by
 #: its usual, cheap rounds.
 _COST_WINDOW = 4
@@ -159,12 +160,12 @@ def poll_until(
     """Call ``check`` until it returns something other than ``None``.
 
     The pause between checks adapts: it starts at ``first_interval``, is never
-    shorter than 25 times what a check costs (so an expensive check, like a
+    shorter than 30 times what a check costs (so an expensive check, like a
     command run as a ping, does not eat a core), grows slowly with the time
     waited, and never exceeds ``max_interval`` or the time left. A check's
     cost is all the work between two pauses (the loop's own included), and
     the least of the last four counts, so one check that the scheduler held
-    up does not stretch the next pause 25-fold.
+    up does not stretch the next pause 30-fold.
 
     Args:
         check: Returns ``None`` for "not yet"; any other value ends the wait and
