@@ -2,9 +2,14 @@
 
 Every figure is measured against our own test daemon (tests/echo_server.py),
 which records the exact moment (CLOCK_MONOTONIC, shared by all processes) at
-which it starts listening and at which it exits, so a delay is "when our call
-returned" minus "when the daemon did the thing". Prints a table of medians,
-90th percentiles, sample counts and the targets of issue #5.
+which it starts listening, sends READY=1, writes its ready line and exits, so
+a delay is "when our call returned" minus "when the daemon did the thing".
+Prints a table of medians, 90th percentiles, sample counts and the targets of
+issue #5 and of the readiness the daemon tells us (notify(), ping_log()).
+
+The last rows are about asyncio and several daemons at once: how soon a
+cancelled start raises CancelledError, how long the event loop is held up
+while four daemons start, and the wall time of starting four daemons together.
 
 The exit delay is counted from the daemon's last instruction. Beneath it, on
 Linux, it is split in two at the moment stop() is woken by the daemon's pidfd:
@@ -13,17 +18,18 @@ for our Python test daemon, ~1 ms on a 2-core VM) and ours (what stop() does
 after the wake-up).
 
     python benchmarks/run.py              # our figures
-    python benchmarks/run.py --compare    # also mirakuru 3.x, same daemon, same runs
+    python benchmarks/run.py --compare    # also mirakuru 3.x and pytest-xprocess, same daemon
     python benchmarks/run.py --json       # machine-readable
     python benchmarks/run.py --runs 40    # more samples
     python benchmarks/run.py --only port,postgresql   # some figures only
 
-``--compare`` needs ``pip install mirakuru``.
+``--compare`` needs ``pip install mirakuru pytest-xprocess``.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import multiprocessing
@@ -42,7 +48,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
@@ -51,9 +57,20 @@ sys.path.insert(0, str(HERE.parent))
 from echo_server import echo_command, free_port  # noqa: E402
 from runtime_files import forget  # noqa: E402
 
-from daemon_controller import Daemon, StartError, _launch, _platform  # noqa: E402
+from daemon_controller import (  # noqa: E402
+    Daemon,
+    StartError,
+    _attempts,
+    _pidfile,
+    _platform,
+    all_running,
+)
 
 MS = 1000.0
+#: The line the log-ready daemon writes once it listens.
+READY_LINE = "Ready to accept connections"
+#: Every start benchmark's daemon takes this long to get ready (plus U(0, 0.1) s).
+START_DELAY = ("--wait-before-listen", "0.3", "--random-extra-wait", "0.1")
 
 
 @dataclass
@@ -62,7 +79,8 @@ class Figure:
     unit: str  # "ms" or "calls/s" or "ratio" or "count"
     target: str
     samples: list[float] = field(default_factory=list)
-    theirs: list[float] = field(default_factory=list)
+    theirs: list[float] = field(default_factory=list)  # mirakuru's
+    xprocess: list[float] = field(default_factory=list)  # pytest-xprocess's
     note: str = ""
 
     def median(self, values: list[float] | None = None) -> float | None:
@@ -111,6 +129,31 @@ class Scratch:
         self.log = self.dir / "echo.log"
         self.record = self.dir / "record.jsonl"
         self.port = free_port()
+
+    def told(self, how: str) -> tuple[Daemon, str]:
+        """A daemon that tells us it is ready, and the record event of its telling.
+
+        ``notify``: the daemon goes into the background and sends READY=1.
+        ``log``: it stays in the foreground (as mirakuru and xprocess run
+        programs) and writes READY_LINE to its output, which is its log.
+        """
+        base = Daemon("bench told").pid(self.pid).log(self.log).start_timeout(20)
+        if how == "notify":
+            command = echo_command(
+                "--port", str(self.port), "--pid-file", str(self.pid), "--log-file",
+                str(self.log), "--record", str(self.record), *START_DELAY, "--notify-ready",
+            )  # fmt: skip
+            return base.start_with(command).notify(), "notify-ready"
+        return base.start_with(self.foreground_logging()).foreground().ping_log(
+            READY_LINE
+        ), "ready-line"
+
+    def foreground_logging(self) -> list[str]:
+        """The log-ready daemon: in the foreground, its ready line on stderr."""
+        return echo_command(
+            "--port", str(self.port), "--record", str(self.record), "--foreground",
+            *START_DELAY, "--ready-log-line", READY_LINE,
+        )  # fmt: skip
 
     def daemon(self, *args: str) -> Daemon:
         command = echo_command(
@@ -188,7 +231,7 @@ def record_exit(
 def bench_start_stop(root: Path, runs: int, figs: dict[str, Figure]) -> None:
     for n in range(runs):
         s = Scratch(root, n)
-        daemon = s.daemon("--wait-before-listen", "0.3", "--random-extra-wait", "0.1")
+        daemon = s.daemon(*START_DELAY)
         cpu0, t0 = cpu_seconds(), time.monotonic()
         daemon.start()
         returned = time.monotonic()
@@ -198,6 +241,19 @@ def bench_start_stop(root: Path, runs: int, figs: dict[str, Figure]) -> None:
             daemon.stop()
             returned = time.monotonic()
         record_exit(returned, s.record, wake.moment, figs)
+
+
+def bench_told(root: Path, runs: int, delay: Figure, cpu: Figure, how: str) -> None:
+    """Readiness the daemon tells us: notify() or ping_log(); delay from its telling."""
+    for n in range(runs):
+        s = Scratch(root, n)
+        daemon, event = s.told(how)
+        cpu0, t0 = cpu_seconds(), time.monotonic()
+        daemon.start()
+        returned = time.monotonic()
+        cpu.samples.append(100 * (cpu_seconds() - cpu0) / (returned - t0))
+        delay.samples.append((returned - event_time(s.record, event)) * MS)
+        daemon.stop()
 
 
 def bench_failure(root: Path, runs: int, figure: Figure, *args: str) -> None:
@@ -335,9 +391,9 @@ class PortStamp:
         setattr(owner, name, timed)
 
     def __enter__(self) -> Self:
-        self._timed(_launch._ports, "choose")  # noqa: SLF001 - instrumentation
-        self._timed(_launch, "_record")
-        self._timed(_launch._templates, "bind_port")  # noqa: SLF001 - instrumentation
+        self._timed(_attempts._ports, "choose")  # noqa: SLF001 - instrumentation
+        self._timed(_attempts, "_record")
+        self._timed(_attempts._templates, "bind_port")  # noqa: SLF001 - instrumentation
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -495,6 +551,121 @@ def bench_import(runs: int, figure: Figure) -> None:
         figure.samples.append((time.perf_counter() - t0) * MS)
 
 
+# -- asyncio and several daemons at once ----------------------------------------------------
+
+
+def bench_cancel(root: Path, runs: int, figure: Figure) -> None:
+    """task.cancel() on a task in astart(), to CancelledError raised.
+
+    The daemon is up and waiting (its PID file written) and exits on SIGTERM
+    at once; the figure is the abort (SIGTERM, waiting for the exit, the
+    scan for anything else the start created) plus the hand-over to the loop.
+    """
+
+    async def once(daemon: Daemon, pid_file: Path) -> float:
+        task = asyncio.create_task(daemon.astart())
+        while _pidfile.read_pid(pid_file) is None:  # noqa: ASYNC110 - a file, no event to await
+            await asyncio.sleep(0.002)
+        await asyncio.sleep(0.05)  # well into its wait: in a pause, as a start mostly is
+        began = time.monotonic()
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            return time.monotonic() - began
+        msg = "the start was expected to be cancelled"
+        raise RuntimeError(msg)
+
+    for n in range(runs):
+        s = Scratch(root, n)
+        daemon = s.daemon("--wait-before-listen", "30")
+        figure.samples.append(asyncio.run(once(daemon, s.pid)) * MS)
+        if daemon.is_running():
+            msg = "a cancelled start left the daemon running"
+            raise RuntimeError(msg)
+
+
+async def worst_lag(start: Callable[[], Awaitable[object]]) -> float:
+    """The longest the event loop was held up while ``start()`` was awaited, in seconds.
+
+    A ticker sleeps 1 ms at a time and notes how much later than asked it
+    wakes up (the loop's own wake-up cost included: about 0.1 ms when idle).
+    """
+    worst = 0.0
+    done = False
+
+    async def ticker() -> None:
+        nonlocal worst
+        while not done:
+            asked = time.monotonic()
+            await asyncio.sleep(0.001)
+            worst = max(worst, time.monotonic() - asked - 0.001)
+
+    tick = asyncio.create_task(ticker())
+    await asyncio.sleep(0.01)
+    worst = 0.0
+    await start()
+    done = True
+    await tick
+    return worst
+
+
+async def enter_all(daemons: list[Daemon]) -> None:
+    async with all_running(*daemons):
+        pass
+
+
+async def start_without_us(scratches: list[Scratch]) -> None:
+    """Run the start commands from a thread; look for the records every 10 ms."""
+    for s in scratches:
+        command = s.daemon("--wait-before-listen", "0.3").config.start_command
+        await asyncio.to_thread(subprocess.run, command, check=True)
+    while not all(records(s.record) for s in scratches):  # noqa: ASYNC110 - files, no event
+        await asyncio.sleep(0.01)
+
+
+def bench_loop_lag(root: Path, runs: int, figs: dict[str, Figure]) -> None:
+    """The event loop's longest delay while ``async with all_running()`` starts 4 daemons.
+
+    Measured in the same runs while the same 4 daemons start without the
+    library: four Python interpreters starting at once on a small machine
+    hold up every process on it, ours included; that row shows how much.
+    """
+    for n in range(runs):
+        ours = [Scratch(root, 1000 * n + i) for i in range(4)]
+        daemons = [s.daemon("--wait-before-listen", "0.3") for s in ours]
+        # (The lambdas are called at once, inside asyncio.run: B023 does not apply.)
+        lag = asyncio.run(worst_lag(lambda: enter_all(daemons)))  # noqa: B023
+        figs["lag"].samples.append(lag * MS)
+        bare = [Scratch(root, 1000 * n + 100 + i) for i in range(4)]
+        lag = asyncio.run(worst_lag(lambda: start_without_us(bare)))  # noqa: B023
+        figs["lag_bare"].samples.append(lag * MS)
+        for s in bare:
+            s.daemon().stop()
+
+
+def bench_together(root: Path, runs: int, figs: dict[str, Figure]) -> None:
+    """4 independent daemons, each listening 0.3 s after the call, started together.
+
+    ``--listen-at`` makes each daemon listen at that moment however long its
+    interpreter took to start (on a busy 2-core machine, four Python
+    interpreters starting at once can take longer than that). The wall time
+    is split at the moment the last daemon started listening.
+    """
+    for n in range(runs):
+        scratches = [Scratch(root, 100 * n + i) for i in range(4)]
+        began = time.monotonic()
+        at = f"{began + 0.3:.6f}"
+        daemons = [s.daemon("--listen-at", at) for s in scratches]
+        with all_running(*daemons):
+            returned = time.monotonic()
+            # Read while they run: a daemon stopped at once may not have written it yet.
+            last = max(event_time(s.record, "listening") for s in scratches)
+        figs["together"].samples.append(returned - began)
+        figs["together_daemons"].samples.append(last - began)
+        figs["together_ours"].samples.append((returned - last) * MS)
+
+
 # -- mirakuru ---------------------------------------------------------------------------
 
 
@@ -515,7 +686,7 @@ def compare_mirakuru(root: Path, runs: int, figures: dict[str, Figure]) -> None:
     for n in range(runs):
         s = Scratch(root, 30_000 + n)
         ex = TCPExecutor(
-            command(s, "--wait-before-listen", "0.3", "--random-extra-wait", "0.1"),
+            command(s, *START_DELAY),
             host="127.0.0.1",
             port=s.port,
             timeout=20,
@@ -560,6 +731,51 @@ def compare_mirakuru(root: Path, runs: int, figures: dict[str, Figure]) -> None:
             ex.stop()
 
 
+def compare_log_ready(root: Path, runs: int, figure: Figure) -> None:
+    """mirakuru's OutputExecutor and pytest-xprocess's pattern on the log-ready daemon."""
+    try:
+        from mirakuru import OutputExecutor  # noqa: PLC0415
+    except ImportError:
+        sys.exit("--compare needs mirakuru: pip install mirakuru")
+    try:
+        import py  # noqa: PLC0415 - xprocess keeps its files in py.path objects
+        from xprocess import ProcessStarter, XProcess  # noqa: PLC0415
+    except ImportError:
+        sys.exit("--compare needs pytest-xprocess: pip install pytest-xprocess")
+
+    for n in range(runs):
+        s = Scratch(root, 60_000 + n)
+        ex = OutputExecutor(
+            s.foreground_logging(),
+            banner=READY_LINE,
+            timeout=20,
+            stdout=None,  # the daemon logs to its stderr
+            stderr=subprocess.PIPE,
+        )
+        ex.start()
+        returned = time.monotonic()
+        figure.theirs.append((returned - event_time(s.record, "ready-line")) * MS)
+        ex.stop()
+
+    class Quiet:
+        def debug(self, *_args: object) -> None:
+            pass
+
+    for n in range(runs):
+        s = Scratch(root, 70_000 + n)
+        starter = type(
+            "Starter",
+            (ProcessStarter,),
+            {"pattern": READY_LINE, "args": s.foreground_logging(), "timeout": 20},
+        )
+        xprocess = XProcess(argparse.Namespace(), py.path.local(s.dir), log=Quiet())  # noqa: PTH124 - what xprocess takes
+        xprocess.ensure("echo", starter)
+        returned = time.monotonic()
+        figure.xprocess.append((returned - event_time(s.record, "ready-line")) * MS)
+        xprocess.getinfo("echo").terminate()
+        xprocess._force_clean_up()  # noqa: SLF001 - what its pytest plugin calls at the end
+
+
 # -- report -------------------------------------------------------------------------------
 
 
@@ -568,6 +784,8 @@ def fmt(value: float | None, unit: str) -> str:
         return "-"
     if unit == "calls/s":
         return f"{value:,.0f}"
+    if unit == "s":
+        return f"{value:.3f}"
     if unit in ("%", "count"):
         return f"{value:.1f}" if unit == "%" else f"{value:.0f}"
     return f"{value:.2f}"
@@ -576,7 +794,7 @@ def fmt(value: float | None, unit: str) -> str:
 def print_table(figures: list[Figure], compare: bool) -> None:
     header = ["figure", "unit", "median", "p90", "n", "target"]
     if compare:
-        header += ["mirakuru median", "ours/theirs"]
+        header += ["mirakuru median", "ours/mirakuru", "xprocess median", "ours/xprocess"]
     rows = [header]
     for f in figures:
         row = [
@@ -588,13 +806,14 @@ def print_table(figures: list[Figure], compare: bool) -> None:
             f.target,
         ]
         if compare:
-            theirs = f.median(f.theirs)
-            ours = f.median()
-            ratio = "-"
-            if theirs and ours is not None and f.target != "-":
-                r = ours / theirs
-                ratio = f"{r:.3f}" if r >= 0.01 else f"{r:.2g}"
-            row += [fmt(theirs, f.unit), ratio]
+            for values in (f.theirs, f.xprocess):
+                theirs = f.median(values)
+                ours = f.median()
+                ratio = "-"
+                if theirs and ours is not None and f.target != "-":
+                    r = ours / theirs
+                    ratio = f"{r:.3f}" if r >= 0.01 else f"{r:.2g}"
+                row += [fmt(theirs, f.unit), ratio]
         rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     for i, row in enumerate(rows):
@@ -603,11 +822,15 @@ def print_table(figures: list[Figure], compare: bool) -> None:
             print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
 
 
-def measure(root: Path, groups: set[str], runs: int, figs: dict[str, Figure]) -> None:
+def measure(root: Path, groups: set[str], runs: int, figs: dict[str, Figure]) -> None:  # noqa: C901 - one branch per group
     """Take the figures of ``groups``, with scratch directories under ``root``."""
     if "start" in groups:
         (root / "a").mkdir()
         bench_start_stop(root / "a", runs, figs)
+    if "told" in groups:
+        for how in ("notify", "log"):
+            (root / how).mkdir()
+            bench_told(root / how, runs, figs[how], figs[f"cpu_{how}"], how)
     if "failures" in groups:
         for key, args in [
             ("fail_before", ("--exit-before-daemonize", "3")),
@@ -630,16 +853,35 @@ def measure(root: Path, groups: set[str], runs: int, figs: dict[str, Figure]) ->
     if "postgresql" in groups:
         pg_figures = figs["pg_one"], figs["pg_four"], figs["pg_ratio"]
         bench_pg_instances(max(3, runs // 4), *pg_figures)
+    if "asyncio" in groups:
+        (root / "cancel").mkdir()
+        bench_cancel(root / "cancel", runs, figs["cancel"])
+        (root / "lag").mkdir()
+        bench_loop_lag(root / "lag", runs, figs)
+        (root / "together").mkdir()
+        bench_together(root / "together", runs, figs)
 
 
 #: The groups of figures --only can choose from.
-GROUPS = ("start", "failures", "hot", "connect", "import", "port", "postgresql")
+GROUPS = (
+    "start",
+    "told",
+    "failures",
+    "hot",
+    "connect",
+    "import",
+    "asyncio",
+    "port",
+    "postgresql",
+)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=20, help="samples per figure (default 20)")
-    parser.add_argument("--compare", action="store_true", help="also measure mirakuru")
+    parser.add_argument(
+        "--compare", action="store_true", help="also measure mirakuru and pytest-xprocess"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument(
         "--only", metavar="GROUPS", help=f"comma-separated, of: {', '.join(GROUPS)} (default all)"
@@ -659,12 +901,26 @@ def main() -> int:
         "die_after_daemonize": Figure(
             "daemon dies after daemonizing, before PID file", "ms", "<= 100"
         ),
-        "cpu": Figure("controller CPU while waiting for a start", "%", "< 10"),
+        "notify": Figure(
+            "readiness delay with notify(): start() return - daemon's READY=1 send", "ms", "<= 0.3"
+        ),
+        "log": Figure(
+            "readiness delay with ping_log(): start() return - daemon's ready line", "ms", "<= 1"
+        ),
+        "cpu": Figure("controller CPU while waiting for a TCP-ping daemon", "%", "<= 5"),
+        "cpu_notify": Figure("controller CPU while waiting for a notify() daemon", "%", "<= 1"),
+        "cpu_log": Figure("controller CPU while waiting for a ping_log() daemon", "%", "<= 1"),
         "is_running": Figure("is_running() on a running daemon", "calls/s", ">= 75,000"),
         "connect": Figure("connect(fn) rate vs fn alone", "%", ">= 90"),
         "starts": Figure("16 processes connect() at once: starts", "count", "1"),
         "last": Figure("16 processes connect() at once: last return - ready", "ms", "<= 10"),
         "import": Figure('python -c "import daemon_controller"', "ms", "<= 150"),
+        "cancel": Figure("task.cancel() in astart() -> CancelledError raised", "ms", "<= 50"),
+        "lag": Figure("event-loop lag while 4 daemons start (max per start)", "ms", "<= 5"),
+        "lag_bare": Figure("  same 4 daemons started without the library", "ms", "-"),
+        "together": Figure("4 daemons ready 0.3 s after the call, all_running()", "s", "<= 0.4"),
+        "together_daemons": Figure("  daemons: call - last one listening", "s", "-"),
+        "together_ours": Figure("  ours: last one listening - return", "ms", "-"),
         "port": Figure("port chosen and recorded: overhead on start()", "ms", "<= 1"),
         "pg_one": Figure("PostgreSQL from its template: 1 instance, until ready", "ms", "-"),
         "pg_four": Figure(
@@ -682,6 +938,7 @@ def main() -> int:
         if options.compare:
             (root / "mk").mkdir()
             compare_mirakuru(root / "mk", runs, figs)
+            compare_log_ready(root / "mk", runs, figs["log"])
 
     if options.json:
         print(
@@ -696,6 +953,7 @@ def main() -> int:
                         "target": f.target,
                         "samples": f.samples,
                         "mirakuru_median": f.median(f.theirs),
+                        "xprocess_median": f.median(f.xprocess),
                     }
                     for key, f in figs.items()
                 },

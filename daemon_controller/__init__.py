@@ -27,6 +27,7 @@ from ._errors import (
     ConnectError,
     DaemonError,
     StartError,
+    StartFailures,
     StartTimeout,
     StopError,
     StopTimeout,
@@ -36,6 +37,7 @@ from ._probes import CallablePing, CommandPing, HttpPing, Probe, TcpPing, UnixPi
 from ._ruby import DaemonController
 from ._scoped import Running
 from ._status import Status
+from ._together import AllRunning, all_running
 from ._toml import load
 
 if TYPE_CHECKING:
@@ -62,6 +64,7 @@ else:
 
 
 __all__ = [
+    "AllRunning",
     "AlreadyStarted",
     "CallablePing",
     "CommandPing",
@@ -75,6 +78,7 @@ __all__ = [
     "Probe",
     "Running",
     "StartError",
+    "StartFailures",
     "StartTimeout",
     "Status",
     "StopError",
@@ -82,6 +86,7 @@ __all__ = [
     "TcpPing",
     "UnixPing",
     "__version__",
+    "all_running",
     "load",
     "requires",
 ]

@@ -8,6 +8,10 @@ Locking follows the Ruby gem: start, stop and restart hold the lock file
 exclusively throughout; read_pid (and so is_running) and the first connect
 attempt hold it shared, so they see a daemon either before a start or after
 it, never half-way.
+
+Run with a cancellation token (``_cancel``; the awaitable actions do), an
+action stops waiting for the lock when the token is cancelled, and a start it
+runs is aborted; a stop, once under way, finishes.
 """
 
 from __future__ import annotations
@@ -16,9 +20,10 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, TypeVar
 
 from . import (
+    _attempts,
+    _cancel,
     _commands,
     _failures,
-    _launch,
     _lock,
     _options,
     _ownership,
@@ -68,7 +73,7 @@ def _refuse_stranger(target: StartTarget) -> None:
     gem's semantics: spawn, wait for the PID file, then ping).
     """
     probe = target.probe
-    if not has_address(probe) or not probe.check(0.5):
+    if probe is None or not has_address(probe) or not probe.check(0.5):
         return
     who = holder(probe)
     where = f" by {who}" if who else ""
@@ -81,21 +86,30 @@ def _refuse_stranger(target: StartTarget) -> None:
 
 
 def _start_attempt(target: StartTarget) -> None:
-    """One attempt, as ``_launch`` hands it over: port chosen, placeholders filled in."""
+    """One attempt, as ``_attempts`` hands it over: port chosen, placeholders filled in."""
     _refuse_stranger(target)
     if target.before_start is not None:
         target.before_start(target.config)
+    _cancel.check()  # nothing spawned yet: nothing to abort
     Start(target, _start_command(target), SYSTEM_CLOCK).run()
 
 
 def start_locked(target: StartTarget, *, restart: bool = False) -> None:
     """Start the daemon; the caller holds the exclusive lock (``restart``: after a stop)."""
     pid_file = target.files.pid
-    running = _pidfile.live_pid(pid_file)
+    running = _pidfile.live(target)
     if running is not None:
         raise AlreadyStarted(target.name, running)
+    refused = _pidfile.refusal(pid_file)
+    if refused is not None:
+        msg = (
+            f"Daemon '{target.name}' cannot be started: {refused}. If the daemon is not "
+            "running, remove the PID file."
+        )
+        raise StartError(target.name, msg, ran=False)
+    _stop.leftovers(target, SYSTEM_CLOCK)  # of a start whose controller was killed
     _pidfile.remove(pid_file)  # leftover from a crash, or stale
-    _launch.start(target, _start_attempt, restart=restart)
+    _attempts.start(target, _start_attempt, restart=restart)
 
 
 def start(target: StartTarget) -> None:
@@ -119,9 +133,9 @@ def ensure_running_locked(target: StartTarget, since: int) -> bool:
         ``True`` if this call started the daemon, ``False`` if it was running.
     """
     files = target.files
-    if _pidfile.live_pid(files.pid) is not None:
+    if _pidfile.live(target) is not None:
         return False
-    shared = _failures.recorded_since(files, since)
+    shared = _failures.recorded_since(files, since, target.name)
     if shared is not None:
         target.config.logger.info(
             "Daemon '%s': the start this call waited for failed; not retrying", target.name
@@ -132,8 +146,20 @@ def ensure_running_locked(target: StartTarget, since: int) -> bool:
     except StartError as err:
         _failures.write(files, err)
         raise
+    except _cancel.Cancelled as cancelled:
+        # Those queued for this start learn that it was aborted, as they would
+        # learn of a failure, instead of spawning the daemon again each.
+        if cancelled.error is not None:
+            _failures.write(files, cancelled.error)
+        raise
     _failures.clear(files)
     return True
+
+
+def ensure_running(target: StartTarget, since: int) -> bool:
+    """:func:`ensure_running_locked` under the exclusive lock."""
+    with _lock.locked(target.files.lock, target.name, shared=False):
+        return ensure_running_locked(target, since)
 
 
 # -- stop and restart -------------------------------------------------------------------------
@@ -213,8 +239,11 @@ def restart_with(target: Target, command: Command, probe: Probe) -> None:
                 target.name, msg, output=result.output, exit_status=status, signal=signame
             )
 
+        token = _cancel.current()
+
         def ready() -> bool | None:
-            if _pidfile.live_pid(pid_file) is None:
+            _cancel.check()
+            if _pidfile.live(target) is None:
                 return None
             try:
                 return True if probe.check(0.5) else None
@@ -222,7 +251,8 @@ def restart_with(target: Target, command: Command, probe: Probe) -> None:
                 msg = f"Daemon '{target.name}' did not restart: its ping can never answer"
                 raise StartError(target.name, f"{msg}: {err.detail}", ran=False) from err
 
-        if not poll_until(ready, deadline=deadline, max_interval=cfg.ping_interval):
+        sleep = token.sleep if token is not None else None
+        if not poll_until(ready, deadline=deadline, max_interval=cfg.ping_interval, sleep=sleep):
             msg = (
                 f"Daemon '{target.name}' did not answer {probe.describe()} within "
                 f"{cfg.start_timeout:g} s after its restart command."
@@ -240,10 +270,11 @@ def read_pid(target: Target) -> int | None:
     The hot path: a cached lock file's ``fstat`` and two ``flock`` calls, the
     PID file's ``stat`` and one ``poll``.
     """
-    pid_file = target.files.pid
-    with _lock.locked(target.files.lock, target.name, shared=True, create=False):
-        pid = _pidfile.live_pid(pid_file)
-        if pid is None:
+    files = target.files
+    pid_file = files.pid
+    with _lock.locked(files.lock, target.name, shared=True, create=False):
+        pid = _pidfile.live_pid(pid_file, files.record, target.config.user)
+        if pid is None and _pidfile.refusal(pid_file) is None:
             _stop.remove_stale(pid_file)
     return pid
 
@@ -299,12 +330,12 @@ def _start_and_connect(
             finally:
                 exclusive.__exit__()
         with _lock.locked(files.lock, name, shared=True):
-            if _pidfile.live_pid(files.pid) is not None:
+            if _pidfile.live(target) is not None:
                 result, error = _attempt(function)
                 if result is not None:
                     return result, error
                 break  # running, yet no answer: one last try under the exclusive lock
-            shared = _failures.recorded_since(files, since)
+            shared = _failures.recorded_since(files, since, name)
             if shared is not None:
                 raise shared
     # A stop() slipped in, or the lock stayed busy: queue for it this time.

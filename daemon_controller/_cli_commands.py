@@ -106,7 +106,20 @@ def _describe(name: str, daemon: Daemon) -> dict[str, Any]:
         "ping_target": status.ping,
         "port": status.port,
         "run_dir": None if status.run_dir is None else str(status.run_dir),
+        "readiness": list(status.readiness),  # "notify", "log", "ping": how a start waits
+        "notify_status": status.notify_status,  # the last STATUS= the daemon sent
     }
+
+
+def _ping_cell(row: dict[str, Any]) -> str:
+    """The PING column: the ping's answer, or how a daemon without one says it is ready."""
+    if row["ping"]:
+        return f"{row['ping']} ({row['ping_target']})"
+    told = [method for method in row["readiness"] if method != "ping"]
+    if not told:
+        return "-"
+    said = f": {row['notify_status']}" if row["notify_status"] else ""
+    return f"told by {' and '.join(told)}{said}"
 
 
 def _uptime(seconds: float | None) -> str:
@@ -128,10 +141,16 @@ def cmd_status(out: Output, project: _toml.Project, names: list[str], *, as_json
     ports = any(project.daemons[name].config.port is not None for name in needed)
     table = [["NAME", "STATE", "PID", "UPTIME", *(["PORT"] if ports else []), "PING"]]
     for row in rows:
-        ping = f"{row['ping']} ({row['ping_target']})" if row["ping"] else "-"
         port = [str(row["port"] or "-")] if ports else []
         table.append(
-            [row["name"], row["state"], str(row["pid"] or "-"), _uptime(row["uptime"]), *port, ping]
+            [
+                row["name"],
+                row["state"],
+                str(row["pid"] or "-"),
+                _uptime(row["uptime"]),
+                *port,
+                _ping_cell(row),
+            ]
         )
     # Width as shown: a name with control characters is wider once escaped.
     table = [[visible(cell) for cell in r] for r in table]

@@ -9,7 +9,8 @@ import threading
 import time
 from typing import IO, TYPE_CHECKING, NamedTuple
 
-from ._files import read_tail
+from ._files import DaemonFiles, read_tail
+from ._notify import read_status
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -130,7 +131,13 @@ SKIPPED_TAG = Painted("skipped", "33")
 
 
 def _last_log_line(daemon: Daemon) -> str:
-    log = daemon.resolved().config.log_file
+    """What a starting daemon last said: its latest ``STATUS=`` (notify()), or its last log line."""
+    config = daemon.resolved().config
+    if config.notify and config.pid_file is not None:
+        said = read_status(DaemonFiles.of(config.pid_file, config.lock_file).status, None)
+        if said:
+            return said.strip()
+    log = config.log_file
     text = None if log is None else read_tail(log, limit=4096)
     lines = (text or "").split("\n")  # not splitlines(): a "\r" stays in its line, escaped
     return next((line.strip() for line in reversed(lines) if line.strip()), "")
@@ -138,7 +145,7 @@ def _last_log_line(daemon: Daemon) -> str:
 
 @contextlib.contextmanager
 def live(out: Output, verb: str, active: Callable[[], dict[str, Daemon]]) -> Iterator[None]:
-    """While the block runs, refresh a status line: who, how long, their last log line."""
+    """While the block runs, refresh a status line: who, how long, what they last said."""
     done = threading.Event()
     started = time.monotonic()
 

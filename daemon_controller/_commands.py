@@ -16,10 +16,11 @@ from typing import IO, TYPE_CHECKING, Any
 
 from . import _platform, _tracking
 from ._errors import hide_frames
+from ._files import read_span
 from ._options import command_text
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     from ._options import Command, DaemonConfig
 
@@ -27,19 +28,25 @@ if TYPE_CHECKING:
 __tracebackhide__ = hide_frames
 
 
-def environment(config: DaemonConfig, marker: str | None = None) -> dict[str, str] | None:
-    """The environment for a command: ours, the user's (``.user()``), ``.env()``, the marker.
+def environment(
+    config: DaemonConfig, marker: str | None = None, extra: Mapping[str, str] | None = None
+) -> dict[str, str] | None:
+    """The environment for a command: ours, ``.env()``, the marker, then ``extra``.
 
-    ``None`` (inherit ours unchanged) when there is nothing to add.
+    With ``.user()``, that user's login environment instead of ours (none of
+    our sessions' or agents' variables; see ``_platform.user_environment``).
+    ``extra`` (``NOTIFY_SOCKET`` of a start) comes last. ``None`` (inherit
+    ours unchanged) when there is nothing to add.
     """
-    if not config.env and marker is None and config.user is None:
+    if not config.env and marker is None and config.user is None and not extra:
         return None
     env = dict(os.environ)
     if config.user is not None:
-        env.update(_platform.user_environment(config.user))
+        env = _platform.user_environment(config.user, env)
     env.update(config.env)
     if marker is not None:
         env[_tracking.MARKER] = marker
+    env.update(extra or {})
     return env
 
 
@@ -88,9 +95,15 @@ def describe_exit(returncode: int) -> tuple[int | None, str | None]:
 
 
 def read_output(handle: IO[bytes]) -> str:
-    """Everything written to a temporary output file, as text."""
-    handle.seek(0)
-    return handle.read().decode("utf-8", errors="replace")
+    """What was written to a temporary output file, as text: its first and last 32 KiB.
+
+    A command printing 200 MB must not make a 200 MB exception (nor a
+    200 MB ``.failure`` record): the middle is left out, and a line says how
+    much (see :func:`~daemon_controller._files.read_span`).
+    """
+    handle.flush()
+    fd = handle.fileno()
+    return read_span(fd, 0, os.fstat(fd).st_size)
 
 
 @dataclass(slots=True)
@@ -145,9 +158,10 @@ def spawn(
     config: DaemonConfig,
     command: Command,
     *,
-    stdout: IO[bytes] | None,
+    stdout: IO[bytes] | int | None,
     marker: str,
     foreground: bool,
+    extra_env: Mapping[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start a start command (or a foreground program) in a session of its own.
 
@@ -157,7 +171,8 @@ def spawn(
             ``exec``-ed so that its PID is the program's.
         stdout: Where its stdout and stderr go; ``None``: to ours.
         marker: The environment marker its descendants are recognised by.
-        foreground: The program stays in the foreground (it is the daemon).
+        foreground: The program may stay in the foreground (it is the daemon).
+        extra_env: Variables set last (the notify socket of a start).
 
     Raises:
         OSError: It could not be executed.
@@ -171,7 +186,7 @@ def spawn(
         stdin=subprocess.DEVNULL,
         stdout=stdout,
         stderr=subprocess.STDOUT if stdout is not None else None,
-        env=environment(config, marker),
+        env=environment(config, marker, extra_env),
         cwd=config.cwd,
         close_fds=True,
         pass_fds=config.keep_fds,

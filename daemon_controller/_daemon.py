@@ -19,10 +19,11 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from . import _actions, _instance, _options, _platform, _status
+from ._async_actions import AsyncActions
 from ._errors import hide_frames
 from ._instance import Instances
 from ._options import DaemonConfig, PathArg, absolute
-from ._probes import CallablePing, CommandPing, HttpPing, TcpPing, UnixPing
+from ._pings import Readiness
 from ._scoped import Running
 
 if TYPE_CHECKING:
@@ -39,8 +40,11 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True, repr=False)
-class Daemon(Instances):
+class Daemon(AsyncActions, Instances, Readiness):
     """A daemon: how to start, ping, find and stop it. Immutable; build it fluently.
+
+    Every action has an awaitable twin for asyncio (``astart()``, ``astop()``,
+    ``arestart()``, ``aconnect()``, ``ais_running()``, ``aread_pid()``).
 
     Args:
         name: A human-readable, unique name, e.g. ``"Sphinx search server"``;
@@ -63,6 +67,10 @@ class Daemon(Instances):
     def __repr__(self) -> str:
         cfg = self.config
         parts = [repr(self.name)]
+        if cfg.notify:
+            parts.append("notify")
+        if cfg.ping_log is not None:
+            parts.append(f"ping_log={cfg.ping_log.pattern!r}")
         if cfg.ping is not None:
             parts.append(f"ping={cfg.ping.describe()}")
         if cfg.pid_file is not None:
@@ -77,16 +85,17 @@ class Daemon(Instances):
     def resolved(self) -> Daemon:
         """This daemon with default paths filled in, as the actions use it.
 
-        A daemon the library runs in the foreground (``foreground()``) without
-        ``pid()`` or ``log()`` gets files in a private per-user runtime
-        directory, so ``Daemon("web").start_with([...]).foreground().ping_tcp(...)``
-        is a complete description. The files are named after the daemon and
-        keyed by its name, its working directory (``cwd()``, or the process's
-        when the daemon is first used), its start command and its instance
-        (``instance()``): two projects' ``web`` daemons never share them.
-        Other daemons write their PID file where they want; the library must
-        be told where. A daemon with ``run_dir()`` gets its directory's path
-        (keyed the same way), filled in for ``{run_dir}``.
+        A daemon run in the foreground (``foreground()``) or naming its own
+        PID (``notify()``) without ``pid()`` or ``log()`` gets files in a
+        private per-user runtime directory, so
+        ``Daemon("web").start_with([...]).foreground().ping_tcp(...)`` is
+        complete. The files are named after the daemon and keyed by its name,
+        its working directory (``cwd()``, or the process's when the daemon is
+        first used), its start command and its instance (``instance()``): two
+        projects' ``web`` daemons never share them. Other daemons write their
+        PID file where they want; the library must be told where. A daemon
+        with ``run_dir()`` gets its directory's path (keyed the same way),
+        filled in for ``{run_dir}``.
 
         Raises:
             DaemonError: The runtime directory is not safe to use.
@@ -140,40 +149,6 @@ class Daemon(Instances):
             restart_command=_options.command(self.name, "the restart command", command)
         )
 
-    # -- readiness ------------------------------------------------------------------
-
-    def ping_tcp(self, host: str, port: int | str) -> Self:
-        """Ready when ``host:port`` accepts a TCP connection (every address it resolves to).
-
-        ``port`` may be ``"{port}"``: the port chosen when the daemon starts (``port()``).
-        """
-        return self._with(ping=_options.probe(self.name, TcpPing, host, port))
-
-    def ping_unix(self, path: PathArg) -> Self:
-        """Ready when the unix socket at ``path`` accepts a connection."""
-        return self._with(ping=UnixPing(absolute(path)))
-
-    def ping_http(self, url: str) -> Self:
-        """Ready when a GET of ``url`` answers 2xx or 3xx."""
-        return self._with(ping=_options.probe(self.name, HttpPing, url))
-
-    def ping_command(self, command: str | Sequence[str]) -> Self:
-        """Ready when ``command`` exits with status 0 (a str runs through the shell)."""
-        return self._with(
-            ping=CommandPing(_options.command(self.name, "the ping command", command))
-        )
-
-    def ping(self, function: Callable[[], object]) -> Self:
-        """Ready when ``function()`` returns something truthy.
-
-        A connect error it raises (refused, reset, timed out...) means "not yet";
-        a result with ``close()`` (a socket) is closed for you.
-        """
-        if not callable(function):
-            msg = f"Daemon '{self.name}': ping() takes a function, not {function!r}"
-            raise TypeError(msg)
-        return self._with(ping=CallablePing(function))
-
     # -- files --------------------------------------------------------------------------
 
     def pid(self, path: PathArg) -> Self:
@@ -204,38 +179,29 @@ class Daemon(Instances):
             raise TypeError(msg)
         return self._with(before_start=function)
 
+    def _seconds(self, option: str, seconds: float, *, allow_zero: bool = True) -> Self:
+        checked = _options.seconds(self.name, option, seconds, allow_zero=allow_zero)
+        return self._with(**{option: checked})
+
     def start_timeout(self, seconds: float) -> Self:
         """Longest a start may take, waiting for pings included (default 30 s)."""
-        return self._with(
-            start_timeout=_options.seconds(self.name, "start_timeout", seconds, allow_zero=False)
-        )
+        return self._seconds("start_timeout", seconds, allow_zero=False)
 
     def start_abort_timeout(self, seconds: float) -> Self:
         """After a start timeout, how long SIGTERM gets before SIGKILL (default 10 s)."""
-        return self._with(
-            start_abort_timeout=_options.seconds(self.name, "start_abort_timeout", seconds)
-        )
+        return self._seconds("start_abort_timeout", seconds)
 
     def stop_timeout(self, seconds: float) -> Self:
         """Longest a stop may take before the daemon is killed (default 30 s)."""
-        return self._with(stop_timeout=_options.seconds(self.name, "stop_timeout", seconds))
+        return self._seconds("stop_timeout", seconds)
 
     def log_activity_timeout(self, seconds: float) -> Self:
         """How long a silent log means a backgrounded daemon died before its PID file (10 s)."""
-        return self._with(
-            log_activity_timeout=_options.seconds(
-                self.name,
-                "log_activity_timeout",
-                seconds,
-                allow_zero=False,
-            ),
-        )
+        return self._seconds("log_activity_timeout", seconds, allow_zero=False)
 
     def ping_interval(self, seconds: float) -> Self:
         """The longest pause between pings while waiting for readiness (default 0.1 s)."""
-        return self._with(
-            ping_interval=_options.seconds(self.name, "ping_interval", seconds, allow_zero=False)
-        )
+        return self._seconds("ping_interval", seconds, allow_zero=False)
 
     def stop_signal(self, signal: str | int) -> Self:
         """The signal ``stop()`` sends without a stop command (default ``"TERM"``)."""
@@ -281,8 +247,11 @@ class Daemon(Instances):
         For daemons that refuse to run as root (PostgreSQL): no ``runuser`` or
         ``sudo`` wrapper is needed, so with ``foreground()`` the PID file names
         the daemon itself, not a wrapper. The user's primary and supplementary
-        groups apply, and ``HOME``, ``USER`` and ``LOGNAME`` are set for it.
-        Ignored when we already run as that user.
+        groups apply, and the commands get the user's login environment, as
+        with ``runuser -l``: ``HOME``, ``USER``, ``LOGNAME`` and ``SHELL`` from
+        the password database, and of ours only ``PATH``, ``TERM``, ``TZ`` and
+        the locale (``env()`` still applies on top). A foreground daemon's log
+        is opened as that user. Ignored when we already run as that user.
         """
         if not isinstance(name, str) or not name.strip():
             msg = f"Daemon '{self.name}': user() takes a user name, not {name!r}"

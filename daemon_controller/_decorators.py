@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
-from ._daemon import Daemon
 from ._errors import hide_frames
 from ._scoped import wrap
+from ._together import AllRunning, check_daemons
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
+
+    from ._daemon import Daemon
 
 #: pytest shows our errors without our frames (see ``_errors.hide_frames``).
 __tracebackhide__ = hide_frames
@@ -35,15 +37,21 @@ class _Requires:
 
     def __call__(self, function: Callable[P, Any]) -> Callable[P, Any]:
         daemons, stop = self.daemons, self.stop
-        return wrap(function, lambda: [daemon.running(stop=stop) for daemon in daemons])
+        if len(daemons) == 1:
+            return wrap(function, lambda: [daemons[0].running(stop=stop)])
+        return wrap(function, lambda: [AllRunning(daemons, stop)])
 
 
 def requires(*daemons: Daemon, stop: bool | None = None) -> _Requires:
     """Decorate a function (plain or ``async def``) that needs these daemons running.
 
-    Each call runs inside ``daemon.running(stop=stop)`` of every daemon, entered
-    in the order given and left in reverse order. The wrapper keeps the
-    function's name, docstring, signature and return value.
+    Each call runs inside ``all_running(*daemons, stop=stop)``: the daemons
+    are started at once, all or nothing (if one fails, those the call started
+    are stopped again and the failure is raised; several failures as one
+    :class:`StartFailures`). For daemons that need each other, stack the
+    decorators: the outer one's daemons are up before the inner one's start.
+    The wrapper keeps the function's name, docstring, signature and return
+    value.
 
     Args:
         *daemons: The daemons the function needs.
@@ -51,14 +59,13 @@ def requires(*daemons: Daemon, stop: bool | None = None) -> _Requires:
 
     Example::
 
-        @requires(redis, search)
+        @requires(redis, search)  # started together
         def index_everything() -> int: ...
+
+
+        @requires(db)  # db first,
+        @requires(web)  # then web, which needs it
+        def test_signup() -> None: ...
     """
-    if not daemons:
-        msg = "requires() needs at least one daemon"
-        raise TypeError(msg)
-    for daemon in daemons:
-        if not isinstance(daemon, Daemon):
-            msg = f"requires() takes Daemon objects, not {daemon!r}"
-            raise TypeError(msg)
+    check_daemons("requires", daemons)
     return _Requires(daemons, stop)

@@ -5,7 +5,8 @@ The hierarchy::
     DaemonError
     ├── AlreadyStarted
     ├── ConnectError
-    ├── StartError ── StartTimeout   (also a builtin TimeoutError)
+    ├── StartError ─┬ StartTimeout   (also a builtin TimeoutError)
+    │               └ StartFailures  (several daemons started together failed)
     └── StopError  ── StopTimeout    (also a builtin TimeoutError)
 
     ValueError
@@ -176,6 +177,41 @@ class StartTimeout(StartError, TimeoutError):
         kwargs.setdefault("reason", "timed out")
         super().__init__(identifier, message, **kwargs)
         self.timeout = timeout
+
+
+class StartFailures(StartError):
+    """Several daemons started together (``all_running()``, ``@requires``) failed.
+
+    Raised only when two or more failed; a single failure is raised as itself.
+    A ``StartError``, so ``except StartError`` handles one failure and several
+    alike. The text names every failure, each with its own text (output and
+    log lines included). Failures that are not ``DaemonError`` (a bug in a
+    ``before_start`` function) are also chained as ``__cause__``, an
+    exception group, to keep their tracebacks.
+
+    Attributes:
+        errors: Each failed daemon's name and what its start raised, in the
+            order the daemons were given.
+        total: How many daemons were started together.
+    """
+
+    def __init__(self, errors: dict[str, BaseException], total: int) -> None:
+        names = ", ".join(f"'{name}'" for name in errors)
+        message = f"{len(errors)} of {total} daemons failed to start: {names}"
+        super().__init__(", ".join(errors), message)
+        self.errors = errors
+        self.total = total
+
+    def __str__(self) -> str:
+        parts = [self.message]
+        for error in self.errors.values():
+            text = (
+                str(error) if isinstance(error, DaemonError) else f"{type(error).__name__}: {error}"
+            )
+            lines = text.splitlines() or [""]
+            parts.append("- " + lines[0])
+            parts.extend("  " + line if line else "" for line in lines[1:])
+        return "\n".join(parts)
 
 
 class StopError(_CommandFailure):

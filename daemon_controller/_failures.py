@@ -9,7 +9,8 @@ a caller that began waiting before the failure raises the recorded error
 the failure is a fresh attempt and tries again.
 
 The record is JSON with plain fields (never a pickle: the file is outside our
-control) and is written atomically, only while holding the exclusive lock.
+control), written atomically (0600), only while holding the exclusive lock, and
+read back with a size cap (see ``_files.read_own``).
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-from ._errors import StartError, StartTimeout, hide_frames
-from ._files import atomic_write
+from ._errors import DaemonError, StartError, StartTimeout, hide_frames
+from ._files import TAIL_LIMIT, UnsafeFileError, atomic_write, read_own
 
 if TYPE_CHECKING:
     from ._files import DaemonFiles
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
 __tracebackhide__ = hide_frames
 
 _FIELDS = ("output", "log", "exit_status", "signal", "pid", "reason")
+#: A record holds at most two texts of about TAIL_LIMIT each (output, log), JSON-escaped.
+_READ_LIMIT = 16 * TAIL_LIMIT
 
 
 def now() -> int:
@@ -58,11 +61,22 @@ def clear(files: DaemonFiles) -> None:
         files.failure.unlink()
 
 
-def recorded_since(files: DaemonFiles, since: int) -> StartError | None:
-    """The recorded failure if it happened after ``since`` (from :func:`now`)."""
+def recorded_since(files: DaemonFiles, since: int, name: str) -> StartError | None:
+    """The recorded failure if it happened after ``since`` (from :func:`now`).
+
+    Raises:
+        DaemonError: The record belongs to another user, who could make us
+            raise whatever they like.
+    """
     try:
-        with files.failure.open(encoding="utf-8") as f:
-            record = json.load(f)
+        data = read_own(files.failure, _READ_LIMIT)
+    except UnsafeFileError as err:
+        msg = f"Daemon '{name}': refusing its failure record: {err}. Remove it."
+        raise DaemonError(name, msg) from err
+    if data is None:
+        return None
+    try:
+        record = json.loads(data)
         if not isinstance(record, dict) or int(record["failed_at"]) < since:
             return None
         fields: dict[str, Any] = {name: record.get(name) for name in _FIELDS}
@@ -71,5 +85,5 @@ def recorded_since(files: DaemonFiles, since: int) -> StartError | None:
         if record.get("kind") == "StartTimeout":
             return StartTimeout(identifier, message, timeout=float(record["timeout"]), **fields)
         return StartError(identifier, message, **fields)
-    except (OSError, ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         return None

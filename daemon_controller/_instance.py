@@ -72,7 +72,7 @@ def resolve(name: str, config: DaemonConfig) -> DaemonConfig:
         DaemonError: The runtime directory is not safe to use.
     """
     _templates.check(name, config)
-    needs_files = config.foreground and (config.pid_file is None or config.log_file is None)
+    needs_files = config.own_pid_file and (config.pid_file is None or config.log_file is None)
     preparation = config.prepare
     if not needs_files and config.run_dir is None:
         return config

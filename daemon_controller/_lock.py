@@ -8,27 +8,41 @@ process dies.
 
 The file is opened without truncation and, where the OS allows, without
 following a symlink, so a lock path that points at a file somebody cares about
-never damages it.
+never damages it. It is created 0600 (an existing one of ours is made so), and
+one owned by another user is refused: ``flock`` needs only read access, so a
+user who can open our lock file can hold it forever, blocking ``is_running()``
+and ``stop()``.
 
 Each thread keeps its lock files open between calls (``is_running()`` at tens
 of thousands of calls a second should not open and close a file each time).
 The cache is per thread, because two threads must hold separate open files
 for their locks to exclude each other; a cached file that has been deleted
 (its link count is 0) is reopened, so a lock file removed and recreated by
-someone is followed; and the cache is dropped in a forked child, which must
-not share its parent's open files.
+someone is followed; it keeps at most ``_MAX_OPEN`` files, dropping deleted
+ones first (a test suite with a daemon per temporary directory uses thousands
+of lock files once each); and it is dropped in a forked child, which must not
+share its parent's open files.
+
+A ``KeyboardInterrupt`` may land between any two lines. Every lock is owned by
+an object from the moment it may be taken, and that object releases it when it
+is left (``with``) or, if the interrupt came before that could happen, when it
+is dropped (``__del__``, once the interrupt has been handled).
+
+Work that can be cancelled (see ``_cancel``) does not block in ``flock()``
+itself when the lock is busy: a helper thread waits for it, so the work can
+give up at once, and the helper lets go of the lock if it is granted after that.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import threading
 from typing import TYPE_CHECKING
 
-from . import _platform
+from . import _cancel, _lock_wait, _platform
 from ._errors import DaemonError, hide_frames
+from ._files import UnsafeFileError, open_file, own_uids
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -36,33 +50,42 @@ if TYPE_CHECKING:
 #: pytest shows our errors without our frames (see ``_errors.hide_frames``).
 __tracebackhide__ = hide_frames
 
-_OPEN_FLAGS = (
-    os.O_RDWR
-    | os.O_CREAT
-    | getattr(os, "O_NOFOLLOW", 0)
-    | getattr(os, "O_CLOEXEC", 0)
-    | getattr(os, "O_BINARY", 0)
-)
+_OPEN_FLAGS = os.O_RDWR | os.O_CREAT
+#: Lock files one thread keeps open at most.
+_MAX_OPEN = 64
 
 
 def _open(path: Path, identifier: str, *, create: bool = True) -> int | None:
+    """Open (or create, 0600) one of our lock or lease files; ``None``: it is missing."""
     flags = _OPEN_FLAGS if create else _OPEN_FLAGS & ~os.O_CREAT
     try:
-        return os.open(path, flags, 0o644)
+        fd = open_file(path, flags, mode=0o600, owners=own_uids())
     except FileNotFoundError:
         return None
-    except OSError as err:
-        if err.errno == errno.ELOOP:
-            msg = (
-                f"Daemon '{identifier}': lock file {str(path)!r} is a symbolic link; "
-                "refusing to follow it. Choose another path with .lock(path)."
-            )
+    except UnsafeFileError as err:
+        if err.owner is not None:
+            why = "refusing it: whoever can open it can hold it locked for ever"
+        elif "symbolic link" in err.problem:
+            why = "refusing to follow it"
         else:
-            msg = (
-                f"Daemon '{identifier}': cannot open lock file {str(path)!r}: "
-                f"{err.strerror}. Choose another path with .lock(path)."
-            )
+            why = "refusing it"
+        msg = (
+            f"Daemon '{identifier}': lock file {err}; {why}. "
+            "Remove it, or choose another path with .lock(path)."
+        )
         raise DaemonError(identifier, msg) from err
+    except OSError as err:
+        msg = (
+            f"Daemon '{identifier}': cannot open lock file {str(path)!r}: "
+            f"{err.strerror}. Choose another path with .lock(path)."
+        )
+        raise DaemonError(identifier, msg) from err
+    fchmod = getattr(os, "fchmod", None)
+    if fchmod is not None:
+        with contextlib.suppress(OSError):
+            if os.fstat(fd).st_mode & 0o077:
+                fchmod(fd, 0o600)  # made 0644 by an older version: others could lock it
+    return fd
 
 
 def _missing_dir(path: Path, identifier: str) -> DaemonError:
@@ -75,21 +98,36 @@ def _missing_dir(path: Path, identifier: str) -> DaemonError:
 
 
 class Held:
-    """An open lock file with a lock on it; ``release()`` drops both."""
+    """An open lock file with a lock on it; ``release()`` drops both.
 
-    __slots__ = ("_fd",)
+    Dropped without ``release()`` (an interrupt came first), it releases itself.
+    """
+
+    __slots__ = ("_fd", "_pid")
 
     def __init__(self, fd: int) -> None:
         self._fd: int | None = fd
+        self._pid = os.getpid()
 
     def release(self) -> None:
         """Unlock and close; calling it twice is harmless."""
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            try:
+        fd = self._fd
+        if fd is None:
+            return
+        try:
+            if self._pid == os.getpid():  # a forked child's copy shares the parent's lock
                 _platform.unlock_fd(fd)
-            finally:
-                os.close(fd)
+        finally:
+            self._fd = None  # first: a descriptor closed twice may be somebody else's by then
+            os.close(fd)  # releases the lock too, if the unlock was interrupted
+
+    def disown(self) -> None:
+        """Forget the descriptor without closing it: someone else owns it now."""
+        self._fd = None
+
+    def __del__(self) -> None:
+        with contextlib.suppress(OSError):
+            self.release()
 
 
 def acquire(path: Path, identifier: str, *, shared: bool, blocking: bool = True) -> Held | None:
@@ -104,19 +142,25 @@ def acquire(path: Path, identifier: str, *, shared: bool, blocking: bool = True)
 
     Raises:
         DaemonError: The lock file cannot be created (its directory is missing
-            or not writable, or it is a symlink).
+            or not writable), or it is a symlink or somebody else's file.
     """
-    fd = _open(path, identifier)
-    if fd is None:
+    # One line: from the open on, an object owns the descriptor (and the lock once taken).
+    held = None if (fd := _open(path, identifier)) is None else Held(fd)
+    if held is None or fd is None:
         raise _missing_dir(path, identifier)
+    token = _cancel.current()
+    if blocking and token is not None:
+        held.disown()  # _lock_cancellable owns the descriptor while it waits
+        _lock_wait.lock_cancellable(fd, shared=shared, token=token)  # closes fd if it raises
+        return Held(fd)
     try:
         if not _platform.lock_fd(fd, shared=shared, blocking=blocking):
-            os.close(fd)
+            held.release()
             return None
     except BaseException:
-        os.close(fd)
+        held.release()
         raise
-    return Held(fd)
+    return held
 
 
 class _OpenFiles(dict[str, int]):
@@ -132,8 +176,9 @@ class _ThreadState(threading.local):
     def __init__(self) -> None:
         # Lock files this thread keeps open (closed when the thread ends).
         self.files: dict[str, int] = _OpenFiles()
-        # path -> shared?: the daemon locks this thread holds right now.
-        self.held: dict[str, bool] = {}
+        # path -> (shared?,): the locks this thread holds now; each entry a
+        # tuple of its own, which tells the ``locked`` holding it.
+        self.held: dict[str, tuple[bool]] = {}
 
 
 _state = _ThreadState()
@@ -150,25 +195,48 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_after_fork)
 
 
+def _deleted(fd: int) -> bool:
+    """Whether the open file has no name any more (or cannot be looked at)."""
+    try:
+        return os.fstat(fd).st_nlink == 0
+    except OSError:
+        return True
+
+
+def _make_room(state: _ThreadState) -> None:
+    """Close cached files until there is room for one more: deleted ones, then the oldest.
+
+    Files this thread holds a lock on stay open.
+    """
+    files = state.files
+    idle = [key for key in files if key not in state.held]
+    drop = [key for key in idle if _deleted(files[key])]
+    if len(files) - len(drop) >= _MAX_OPEN:
+        drop += [key for key in idle if key not in drop][: len(files) - len(drop) - _MAX_OPEN + 1]
+    for key in drop:
+        with contextlib.suppress(OSError):
+            os.close(files.pop(key))
+
+
 def _cached_fd(path: Path, identifier: str, *, create: bool = True) -> int | None:
     """This thread's open descriptor for ``path`` (``None``: it, or its directory, is missing)."""
-    files = _state.files
+    state = _state
+    files = state.files
     key = str(path)
     cached = files.get(key)
     if cached is not None:
         # Still the file at that path? A deleted lock file (st_nlink 0) must not
         # be locked any more: others lock the new file at the same path.
-        try:
-            if os.fstat(cached).st_nlink > 0:
-                return cached
-        except OSError:
-            pass
+        if not _deleted(cached):
+            return cached
         del files[key]
         with contextlib.suppress(OSError):
             os.close(cached)
     fd = _open(path, identifier, create=create)
     if fd is None:
         return None
+    if len(files) >= _MAX_OPEN:
+        _make_room(state)
     files[key] = fd
     return fd
 
@@ -179,6 +247,9 @@ class locked:  # noqa: N801 - used like a function: ``with locked(...)``
     Re-entrant within a thread: code running under the lock (a ``connect()``
     function, ``before_start``) may call ``is_running()`` or ``read_pid()``
     without deadlocking on its own lock.
+
+    In work that can be cancelled (``_cancel.current()`` is a token), a wait
+    for the lock ends with ``Cancelled`` as soon as the token is cancelled.
 
     Args:
         path: The lock file; created if missing, never truncated.
@@ -196,7 +267,18 @@ class locked:  # noqa: N801 - used like a function: ``with locked(...)``
             exclusive lock while holding the shared one (which would deadlock).
     """
 
-    __slots__ = ("_fd", "_key", "create", "identifier", "path", "shared")
+    __slots__ = (
+        "_entry",
+        "_fd",
+        "_held",
+        "_key",
+        "_local",
+        "_own_fd",
+        "create",
+        "identifier",
+        "path",
+        "shared",
+    )
 
     def __init__(self, path: Path, identifier: str, *, shared: bool, create: bool = True) -> None:
         self.path = path
@@ -204,7 +286,11 @@ class locked:  # noqa: N801 - used like a function: ``with locked(...)``
         self.shared = shared
         self.create = create
         self._fd: int | None = None
+        self._own_fd = False  # a descriptor of its own, not the thread's cached one
         self._key = ""
+        self._held: dict[str, tuple[bool]] = {}
+        self._local: _ThreadState | None = None
+        self._entry: tuple[bool] | None = None
 
     def __enter__(self) -> None:
         if not self.enter():  # pragma: no cover - a blocking enter waits until it holds it
@@ -220,7 +306,7 @@ class locked:  # noqa: N801 - used like a function: ``with locked(...)``
         state = _state
         current = state.held.get(key)
         if current is not None:
-            if self.shared or not current:
+            if self.shared or not current[0]:
                 return True  # already held, strongly enough, by this very thread
             msg = (
                 f"Daemon '{self.identifier}': cannot start or stop it from code that runs "
@@ -235,15 +321,62 @@ class locked:  # noqa: N801 - used like a function: ``with locked(...)``
                 if not self.create:
                     return True
                 raise _missing_dir(self.path, self.identifier)
-        if not _platform.lock_fd(fd, shared=self.shared, blocking=blocking):
-            return False
-        state.held[key] = self.shared
-        self._fd, self._key = fd, key
+        # From here on this object answers for the lock, taken or not yet: an
+        # interrupt anywhere below leaves it to __exit__ or __del__ to unlock
+        # (unlocking a descriptor not locked yet is harmless).
+        self._key, self._held, self._local = key, state.held, state
+        self._fd = fd
+        # A tuple made here: its identity tells this object's entry from another's.
+        self._entry = entry = (self.shared,)
+        state.held[key] = entry
+        token = _cancel.current() if blocking else None
+        if token is None:
+            if not _platform.lock_fd(fd, shared=self.shared, blocking=blocking):
+                self._release()
+                return False
+        elif not _platform.lock_fd(fd, shared=self.shared, blocking=False):
+            self._wait_cancellable(token)
         return True
 
-    def __exit__(self, *exc_info: object) -> None:
+    def _wait_cancellable(self, token: _cancel.Token) -> None:
+        """Somebody holds the lock: wait in a way that a cancellation can cut short.
+
+        On a descriptor of our own: the thread's cached one is never handed
+        to the helper thread that waits.
+        """
+        key, entry = self._key, self._entry
+        self._fd = None  # the cached descriptor was not locked: nothing to undo there
+        try:
+            own = _open(self.path, self.identifier)
+            if own is None:
+                raise _missing_dir(self.path, self.identifier)  # noqa: TRY301 - undone below too
+            _lock_wait.lock_cancellable(own, shared=self.shared, token=token)  # closes it on errors
+        except BaseException:
+            if self._held.get(key) is entry:
+                del self._held[key]
+            raise
+        self._fd, self._own_fd = own, True
+
+    def _release(self, *exc_info: object) -> None:  # noqa: ARG002 - also __exit__
+        # Whatever line an interrupt stops this at, calling it again (from
+        # __del__) finishes the job, and never unlocks a lock taken since by
+        # another object on the same descriptor: the thread's entry must still
+        # be this object's.
         fd = self._fd
-        if fd is not None:
-            self._fd = None
-            del _state.held[self._key]
-            _platform.unlock_fd(fd)
+        if fd is None:
+            return
+        if self._held.get(self._key) is self._entry:
+            if self._own_fd:  # waited for on a descriptor of our own: unlock and close it
+                self._own_fd = False
+                _lock_wait.let_go(fd, locked=True)
+            elif self._local is _state:  # not a forked child's copy of the parent's lock
+                _platform.unlock_fd(fd)
+            del self._held[self._key]
+        self._fd = None
+
+    __exit__ = _release
+
+    def __del__(self) -> None:
+        if self._fd is not None:  # checked first: this runs after every is_running()
+            with contextlib.suppress(OSError, ValueError):
+                self._release()

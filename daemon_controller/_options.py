@@ -21,6 +21,8 @@ from ._errors import hide_frames
 from ._files import DaemonFiles
 
 if TYPE_CHECKING:
+    import re
+
     from ._daemon import Daemon
     from ._probes import Probe
 
@@ -85,15 +87,6 @@ def command(identifier: str, what: str, value: str | Sequence[str | os.PathLike[
 def command_text(value: Command) -> str:
     """A command as a person would type it, for messages."""
     return value if isinstance(value, str) else " ".join(value)
-
-
-def probe(identifier: str, kind: Callable[..., Probe], *args: object) -> Probe:
-    """Build a probe; an error about its arguments names the daemon."""
-    try:
-        return kind(*args)
-    except (ValueError, TypeError) as err:
-        msg = f"Daemon '{identifier}': {err}"
-        raise type(err)(msg) from None
 
 
 def seconds(identifier: str, what: str, value: float, *, allow_zero: bool = True) -> float:
@@ -185,7 +178,8 @@ class DaemonConfig:
             argv tuple (run directly), or a function returning either.
         stop_command: How to stop it; ``None`` sends ``stop_signal``.
         restart_command: How to restart it; ``None`` means stop, then start.
-        ping: How to tell that it is ready to serve.
+        ping: How to tell that it is ready to serve, by asking it (an address,
+            a command or a function, tried again and again).
         pid_file: Where the daemon writes its PID.
         log_file: Where the daemon writes its log; read for error messages.
         lock_file: The lock serialising starts and stops; ``None`` means the PID
@@ -223,6 +217,10 @@ class DaemonConfig:
             copy of, or ``None``.
         instance: Tells apart instances of one description (a test worker's
             own): each has its own default files, run directory and port.
+        ping_log: Ready once a line matching this pattern appears in the
+            log after the start began (with ``ping``: once both hold).
+        notify: The daemon says when it is ready, through the sd_notify
+            protocol (``NOTIFY_SOCKET``); with ``ping``/``ping_log``, all must hold.
     """
 
     start_command: StartCommand | None = None
@@ -251,6 +249,32 @@ class DaemonConfig:
     run_dir: Path | Literal["auto"] | None = None
     prepare: Preparation | None = None
     instance: str | None = None
+    ping_log: re.Pattern[str] | None = None
+    notify: bool = False
+
+    @property
+    def readiness(self) -> tuple[str, ...]:
+        """How a start tells that the daemon is ready: ``"notify"``, ``"log"``, ``"ping"``.
+
+        In that order, each present when it is used (all must hold); empty
+        when nothing is set. For machines (``status --json``) and messages.
+        """
+        methods = (
+            ("notify", self.notify),
+            ("log", self.ping_log is not None),
+            ("ping", self.ping is not None),
+        )
+        return tuple(name for name, used in methods if used)
+
+    @property
+    def own_pid_file(self) -> bool:
+        """Whether the library may write the PID file when the daemon writes none.
+
+        It may for a program it runs in the foreground, and for a daemon
+        that names its PID itself (``notify()``: ``MAINPID=``, or the process
+        that sent ``READY=1``).
+        """
+        return self.foreground or self.notify
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,28 +298,36 @@ class StartTarget(Target):
 
     Attributes:
         command: The start command (or the function returning it).
-        probe: The readiness check.
+        probe: The readiness check asked again and again, or ``None`` when the
+            daemon tells us instead (``notify()``, ``ping_log()``).
         log_file: The daemon's log.
         before_start: Runs ``config.before_start`` given the options of the
             attempt about to start (port chosen, placeholders filled in).
     """
 
     command: StartCommand
-    probe: Probe
+    probe: Probe | None
     log_file: Path
     before_start: Callable[[DaemonConfig], object] | None = None
 
 
 _HINTS = {
     "start_command": "start_with(...)",
-    "ping": "ping_tcp(...), ping_unix(...), ping_http(...), ping_command(...) or ping(...)",
+    "ping": (
+        "ping_tcp(...), ping_unix(...), ping_http(...), ping_command(...), ping(...), "
+        "ping_log(...) or notify()"
+    ),
     "pid_file": "pid(...)",
     "log_file": "log(...)",
 }
 
 
 def _missing(name: str, config: DaemonConfig, parts: tuple[str, ...]) -> ValueError:
-    missing = [part for part in parts if getattr(config, part) is None]
+    missing = [
+        part
+        for part in parts
+        if getattr(config, part) is None and not (part == "ping" and config.readiness)
+    ]
     hints = "; ".join(f"{part}: set it with .{_HINTS[part]}" for part in missing)
     return ValueError(f"Daemon '{name}' is missing {', '.join(missing)} ({hints})")
 
@@ -316,36 +348,48 @@ def start_target(
     config: DaemonConfig,
     before_start: Callable[[DaemonConfig], object] | None = None,
 ) -> StartTarget:
-    """What a start needs: a start command, a ping, a PID file and a log file.
+    """What a start needs: a start command, a readiness check, a PID file and a log file.
 
+    The readiness check is a ping, ``ping_log()`` or ``notify()`` (or several).
     ``before_start`` calls ``config.before_start`` for an attempt (the facade
     passes it the ``Daemon``); without it, that function is called without
     arguments.
 
     Raises:
-        ValueError: Any of them is not set (the message names each, and how to set it).
+        ValueError: Any of them is not set (the message names each, and how to
+            set it), or ``ping_log()`` is given a log that cannot be read back.
     """
-    cmd, probe, pid_file, log_file = (
-        config.start_command,
-        config.ping,
-        config.pid_file,
-        config.log_file,
-    )
-    if cmd is None or probe is None or pid_file is None or log_file is None:
+    cmd, pid_file, log_file = config.start_command, config.pid_file, config.log_file
+    if cmd is None or not config.readiness or pid_file is None or log_file is None:
         raise _missing(name, config, ("start_command", "ping", "pid_file", "log_file"))
+    if config.ping_log is not None and str(log_file) in _platform.PASSTHROUGH_LOG_PATHS:
+        msg = (
+            f"Daemon '{name}': ping_log() reads the daemon's log, but its log "
+            f"{str(log_file)!r} is our own terminal; give log() a file"
+        )
+        raise ValueError(msg)
     files = DaemonFiles.of(pid_file, config.lock_file)
     hook = cast("Callable[[], object] | None", config.before_start)
     if before_start is None and hook is not None:
         before_start = lambda _: hook()  # noqa: E731 - the zero-argument form, as in the gem
-    return StartTarget(name, config, files, cmd, probe, log_file, before_start)
+    return StartTarget(name, config, files, cmd, config.ping, log_file, before_start)
 
 
 def ping_of(name: str, config: DaemonConfig) -> Probe:
     """The ping, which a restart by restart command needs.
 
+    A restart command's daemon is waited for by asking its ping; a log line
+    or a notify message of the restarted daemon is not listened for.
+
     Raises:
         ValueError: No ping is set.
     """
     if config.ping is None:
-        raise _missing(name, config, ("ping",))
+        msg = (
+            f"Daemon '{name}': a restart command is waited for through a ping "
+            "(ping_tcp(...), ping_unix(...), ping_http(...), ping_command(...) or "
+            "ping(...)); without one, leave out restart_with() and restart() stops, "
+            "then starts it"
+        )
+        raise ValueError(msg)
     return config.ping

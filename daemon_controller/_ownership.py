@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from . import _lock, _pidfile
 from ._errors import DaemonError, hide_frames
+from ._files import atomic_write, read_own
 
 if TYPE_CHECKING:
     from ._files import DaemonFiles
@@ -42,13 +43,18 @@ def last_out(target: Target) -> _lock.Held | None:
 
 
 def read_owner(files: DaemonFiles) -> int | None:
-    """The PID a block started, if one is recorded."""
-    return _pidfile.read_pid(files.owner)
+    """The PID a block started, if one is recorded.
+
+    Raises:
+        UnsafeFileError: The file belongs to another user (see ``_files``).
+    """
+    data = read_own(files.owner, 64)
+    return None if data is None else _pidfile.parse_pid(data)
 
 
 def write_owner(files: DaemonFiles, pid: int) -> None:
-    """Record that a block started the daemon ``pid``."""
-    _pidfile.write(files.owner, pid)
+    """Record that a block started the daemon ``pid`` (0600, atomically)."""
+    atomic_write(files.owner, f"{pid}\n".encode())
 
 
 def clear_owner(files: DaemonFiles) -> None:

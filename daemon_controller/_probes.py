@@ -1,24 +1,31 @@
 """Readiness checks ("pings"): can the daemon be connected to right now?
 
 Each probe is a small frozen object whose ``check(timeout)`` returns ``True``
-when the daemon answers and ``False`` when it does not (yet). Errors that mean
-"nobody is listening yet" are a plain ``False``; anything else (a bug in a
-user's ping function) propagates.
+when the daemon answers and ``False`` when it does not (yet), within
+``timeout`` seconds in all (a server trickling its answer a byte at a time
+does not hold a start past its ``start_timeout``). Errors that mean "nobody is
+listening yet" are a plain ``False``; anything else (a bug in a user's ping
+function) propagates. A ping that could never succeed is refused when it is
+built: a unix socket path too long to connect to, credentials in a URL.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import socket
 import subprocess
+import time
 import urllib.parse
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import psutil
 
+from . import _platform
 from ._options import PORT, command_text
+from ._sockets import connect, http_status, send_all, start_tls
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -133,28 +140,16 @@ class TcpPing:
             raise ValueError(msg)
 
     def check(self, timeout: float) -> bool:
-        """Try each address ``host`` resolves to (IPv4 and IPv6) in turn.
+        """Try each address ``host`` resolves to (IPv4 and IPv6), within ``timeout`` in all.
 
         Raises:
             PingUnusable: The port is still ``"{port}"`` (not chosen yet).
         """
         if (unusable := _unfilled(str(self.port))) is not None:
             raise unusable
-        try:
-            infos = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
-        except socket.gaierror:
-            return False
-        for family, kind, proto, _name, address in infos:
-            sock = socket.socket(family, kind, proto)
-            try:
-                sock.settimeout(max(timeout, 0.001))
-                sock.connect(address)
-            except OSError:
-                continue
-            else:
-                return True
-            finally:
-                sock.close()
+        with contextlib.suppress(OSError):
+            connect(self.host, int(self.port), time.monotonic() + max(timeout, 0.001)).close()
+            return True
         return False
 
     def describe(self) -> str:
@@ -167,6 +162,16 @@ class UnixPing:
     """Ready when a connect to the unix socket at ``path`` succeeds."""
 
     path: Path
+
+    def __post_init__(self) -> None:
+        size = len(os.fsencode(self.path))
+        if size > _platform.UNIX_PATH_MAX:
+            msg = (
+                f"the unix socket path {str(self.path)!r} is {size} bytes long; a socket "
+                f"can only be connected at a path of up to {_platform.UNIX_PATH_MAX} bytes "
+                "here. Choose a shorter path."
+            )
+            raise ValueError(msg)
 
     def check(self, timeout: float) -> bool:
         """Connect to the socket file."""
@@ -200,32 +205,53 @@ class HttpPing:
         if parts.scheme not in {"http", "https"} or not parts.hostname:
             msg = f"ping_http needs an http:// or https:// URL with a host, not {self.url!r}"
             raise ValueError(msg)
+        if parts.username is not None or parts.password is not None:
+            msg = (
+                f"ping_http does not send the credentials in {self.url!r}, so the daemon "
+                "would refuse every ping; use a URL it answers without them, or "
+                "ping(fn) with a request of your own"
+            )
+            raise ValueError(msg)
+        try:
+            if PORT not in self.url:  # "{port}" is filled in when the daemon starts
+                parts.port  # noqa: B018 - raises for a port out of range
+        except ValueError as err:
+            msg = f"ping_http: bad port in {self.url!r}: {err}"
+            raise ValueError(msg) from None
 
     def check(self, timeout: float) -> bool:
-        """Send one GET and look at the status line.
+        """Send one GET and read the status line, all within ``timeout`` seconds.
 
         Raises:
             PingUnusable: The URL still holds ``{port}`` (not chosen yet).
         """
         if (unusable := _unfilled(self.url)) is not None:
             raise unusable
-        import http.client  # noqa: PLC0415 - 40 ms of import time, only for HTTP pings
-
         parts = urllib.parse.urlsplit(self.url)
-        conn_class = (
-            http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        https = parts.scheme == "https"
+        deadline = time.monotonic() + max(timeout, 0.001)
+        target = urllib.parse.quote(
+            (parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
+            safe="/?&=%:@!$'()*+,;~-._",
         )
-        conn = conn_class(parts.netloc, timeout=max(timeout, 0.001))
-        path = parts.path or "/"
-        if parts.query:
-            path += "?" + parts.query
+        request = (
+            f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+            "Connection: close\r\nAccept: */*\r\n\r\n"
+        ).encode()
         try:
-            conn.request("GET", path, headers={"Connection": "close"})
-            status = conn.getresponse().status
-        except (OSError, http.client.HTTPException):
+            sock = connect(parts.hostname or "", parts.port or (443 if https else 80), deadline)
+        except OSError:
+            return False
+        try:
+            sock.settimeout(0.0)  # non-blocking: every wait is bounded by the deadline
+            if https:
+                sock = start_tls(sock, parts.hostname or "", deadline)
+            send_all(sock, request, deadline)
+            status = http_status(sock, deadline)
+        except (OSError, ValueError):
             return False
         finally:
-            conn.close()
+            sock.close()
         return 200 <= status < 400  # noqa: PLR2004 - 2xx and 3xx
 
     def describe(self) -> str:

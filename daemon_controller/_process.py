@@ -23,6 +23,7 @@ from ._waiting import Deadline, MonotonicClock, poll_until
 
 if TYPE_CHECKING:
     import subprocess
+    from collections.abc import Callable
 
 #: pytest shows our errors without our frames (see ``_errors.hide_frames``).
 __tracebackhide__ = hide_frames
@@ -89,6 +90,14 @@ def create_time(pid: int) -> float | None:
     return None
 
 
+def real_uid(pid: int) -> int | None:
+    """The real user ID of ``pid`` (whom it belongs to), or ``None`` (gone, or no such IDs)."""
+    with contextlib.suppress(psutil.Error):
+        uids = getattr(psutil.Process(pid), "uids", None)  # POSIX only
+        return None if uids is None else int(uids().real)
+    return None
+
+
 def descendants(pid: int) -> list[psutil.Process]:
     """The living children of ``pid``, recursively (empty if they cannot be read)."""
     with contextlib.suppress(psutil.Error):
@@ -105,24 +114,51 @@ def kill_all(procs: list[psutil.Process], deadline: Deadline) -> None:
         wait_gone(proc.pid, deadline, max_interval=0.05)
 
 
-def terminate(procs: list[psutil.Process], deadline: Deadline) -> None:
+def terminate(
+    procs: list[psutil.Process],
+    deadline: Deadline,
+    hurry: Callable[[], bool] | None = None,
+) -> None:
     """SIGTERM each process, wait for them until ``deadline``, then SIGKILL the rest.
 
     Waits with our own checks, not psutil's: psutil's would wait for PID 1 to
     reap a zombie, which on some machines takes seconds.
+
+    Args:
+        procs: The processes.
+        deadline: When SIGKILL follows.
+        hurry: Once it returns true (somebody pressed Ctrl-C during an
+            abort), SIGKILL follows at once.
     """
     for proc in procs:
         with contextlib.suppress(psutil.Error):
             proc.terminate()  # psutil checks that the PID was not reused meanwhile
-    rest = [proc for proc in procs if not wait_gone(proc.pid, deadline, max_interval=0.05)]
+    rest = [
+        proc for proc in procs if not wait_gone(proc.pid, deadline, max_interval=0.05, hurry=hurry)
+    ]
     if rest:
         kill_all(rest, Deadline(KILL_GRACE, deadline.clock))
 
 
-def wait_gone(pid: int, deadline: Deadline, max_interval: float) -> bool:
+#: With ``hurry``, a wait looks at it this often (seconds).
+_HURRY_CHECK = 0.05
+
+
+def wait_gone(
+    pid: int,
+    deadline: Deadline,
+    max_interval: float,
+    hurry: Callable[[], bool] | None = None,
+) -> bool:
     """Wait until ``pid`` has exited (zombie counts as exited), until the deadline.
 
     Uses an exit event where the platform has one, and polling otherwise.
+
+    Args:
+        pid: The process.
+        deadline: When to give up.
+        max_interval: The longest pause between two polls.
+        hurry: Give up as soon as it returns true.
 
     Returns:
         ``True`` if the process is gone, ``False`` if the deadline passed first.
@@ -131,13 +167,20 @@ def wait_gone(pid: int, deadline: Deadline, max_interval: float) -> bool:
         return True
     # The event wait only works with the real clock; virtual clocks poll.
     if isinstance(deadline.clock, MonotonicClock):
-        gone = _platform.wait_exit(pid, deadline.remaining())
-        if gone is not None:
+        while True:
+            remaining = deadline.remaining()
+            gone = _platform.wait_exit(
+                pid, remaining if hurry is None else min(remaining, _HURRY_CHECK)
+            )
+            if gone is None:
+                break
             if gone:
                 reap(pid)
-            return gone or not is_alive(pid)
+                return True
+            if deadline.expired() or (hurry is not None and hurry()):
+                return not is_alive(pid)
     result = poll_until(
-        lambda: True if not is_alive(pid) else None,
+        lambda: True if not is_alive(pid) else (False if hurry is not None and hurry() else None),
         deadline=deadline,
         max_interval=max_interval,
     )
@@ -172,8 +215,8 @@ class ExitWatches:
             return False
         return True
 
-    def wait(self, pid: int, seconds: float) -> bool:
-        """Pause up to ``seconds``, waking when ``pid`` exits.
+    def wait(self, pid: int, seconds: float, wake: int | None = None) -> bool:
+        """Pause up to ``seconds``, waking when ``pid`` exits (or ``wake`` polls readable).
 
         Returns:
             ``False`` if the platform has no exit handle for it: the caller
@@ -184,8 +227,19 @@ class ExitWatches:
         handle = self._handles.get(pid)
         if handle is None:
             return False
-        handle.wait(seconds)
+        handle.wait(seconds, wake)
         return True
+
+    def fileno(self, pid: int) -> int | None:
+        """The descriptor that becomes readable when ``pid`` exits, or ``None``.
+
+        ``None`` where the platform has no exit handles, or when ``pid`` is
+        already gone: the caller then pauses by other means.
+        """
+        if pid not in self._handles:
+            self.alive(pid)
+        handle = self._handles.get(pid)
+        return None if handle is None else handle.fileno()
 
     def has_handle(self, pid: int) -> bool:
         """Whether ``pid`` is watched through an exit handle (its exit wakes :meth:`wait`)."""

@@ -14,6 +14,7 @@ from . import _options, _platform
 from ._daemon import Daemon
 from ._errors import hide_frames
 from ._options import absolute
+from ._pings import probe
 from ._probes import CallablePing, CommandPing, HttpPing, Probe, TcpPing, UnixPing
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ def _ping_from_option(identifier: str, value: object) -> Probe:
     if isinstance(value, list | tuple) and value:
         kind = value[0]
         if kind == "tcp" and len(value) == 3:  # noqa: PLR2004 - ("tcp", host, port)
-            return _options.probe(identifier, TcpPing, str(value[1]), value[2])
+            return probe(identifier, TcpPing, str(value[1]), value[2])
         if kind == "unix" and len(value) == 2:  # noqa: PLR2004 - ("unix", path)
             return UnixPing(absolute(value[1]))
         return CommandPing(_options.command(identifier, "ping_command", value))

@@ -17,9 +17,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, cast, overload
 
-from . import _actions, _failures, _lock, _ownership, _pidfile
+from . import _actions, _aio, _cancel, _failures, _lock, _ownership, _pidfile
 from ._errors import hide_frames
 
 if TYPE_CHECKING:
@@ -36,7 +36,26 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def wrap(function: Callable[P, Any], blocks: Callable[[], Sequence[Running]]) -> Callable[P, Any]:
+class Block(Protocol):
+    """What :func:`wrap` enters: a context manager for ``with`` and ``async with``."""
+
+    def __enter__(self) -> object: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+    async def __aenter__(self) -> object: ...
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+def wrap(function: Callable[P, Any], blocks: Callable[[], Sequence[Block]]) -> Callable[P, Any]:
     """``function`` run inside fresh ``blocks()`` on each call (entered in order, left reversed).
 
     A coroutine function gets a coroutine function whose blocks are entered
@@ -64,34 +83,6 @@ def wrap(function: Callable[P, Any], blocks: Callable[[], Sequence[Running]]) ->
             return function(*args, **kwargs)
 
     return wrapper
-
-
-class _Handoff:
-    """Who leaves an ``async with`` block whose entering task was cancelled.
-
-    The worker thread that enters and the cancelled task decide under one lock,
-    so exactly one of them leaves the block: the thread, if it finishes entering
-    after the cancellation; the task, if the thread had finished before.
-    """
-
-    __slots__ = ("_abandoned", "_entered", "_lock")
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._entered = False
-        self._abandoned = False
-
-    def entered(self) -> bool:
-        """Called by the thread once inside: ``False`` if the task gave up meanwhile."""
-        with self._lock:
-            self._entered = not self._abandoned
-            return self._entered
-
-    def abandon(self) -> bool:
-        """Called by the cancelled task: ``True`` if the thread was already inside."""
-        with self._lock:
-            self._abandoned = True
-            return self._entered
 
 
 class Running:
@@ -142,6 +133,7 @@ class Running:
             self._enter_locked(since)
         except BaseException:
             held.release()
+            self._settle_for_owner()
             raise
         with self._guard:
             self._held.append(held)
@@ -154,6 +146,29 @@ class Running:
                 pid = _pidfile.read_pid(target.files.pid)
                 if pid is not None:
                     _ownership.write_owner(target.files, pid)
+
+    def _settle_for_owner(self) -> None:
+        """After a failed enter: settle in place of a block that left while this one waited.
+
+        A block that waits (for the lock, for a start) is counted in, so a
+        block leaving meanwhile does not stop the daemon it started. If this
+        one now gives up (cancelled, interrupted) instead of entering, it
+        settles as that block would have, whatever its own ``stop`` says: it
+        never was inside. Runs to its end even in cancelled work, so a
+        cancelled waiter in this rare spot (the owner left while somebody
+        else held the daemon's lock) waits for that lock to stop the daemon.
+        """
+        if self.defer or _ownership.read_owner(self.target.files) is None:
+            return  # no block started a daemon: nothing can be waiting to be stopped
+        with _cancel.shielded():
+            try:
+                Running(self.daemon, self.target).settle()
+            except Exception as err:  # noqa: BLE001 - the failure to enter is what is raised
+                self.target.config.logger.warning(
+                    "Daemon '%s': error while stopping after a failed enter: %s",
+                    self.daemon.name,
+                    err,
+                )
 
     def __exit__(
         self,
@@ -209,45 +224,29 @@ class Running:
     # -- async ----------------------------------------------------------------------
 
     async def __aenter__(self) -> Daemon:
-        # Lock waits, spawning and polling all block; they run in a worker thread
-        # so the event loop keeps serving other tasks during a start.
-        import asyncio  # noqa: PLC0415 - 25 ms of import time, only for async users
+        """Enter in a worker thread, so the event loop keeps running during a start.
 
-        handoff = _Handoff()
+        Cancelled while entering, the block stops waiting at once if it was
+        waiting (for another block leaving, or for a start run by somebody
+        else), and aborts the start if it was running one (see
+        :meth:`Daemon.astart`); if it had just entered, it leaves again
+        (stopping the daemon if it started it). Then the cancellation
+        propagates.
+        """
+        return await _aio.call(
+            self.__enter__,
+            name=f"daemon_controller: entering {self.daemon.name!r}",
+            undo=lambda _: self._leave_abandoned(),
+        )
 
-        def leave_abandoned() -> None:
-            # Nobody awaits this any more: an error can only be logged.
-            try:
-                self.__exit__(None, None, None)
-            except Exception as err:  # noqa: BLE001 - reported, not raised
-                self.target.config.logger.warning(
-                    "Daemon '%s': error while leaving a cancelled block: %s", self.daemon.name, err
-                )
-
-        def enter() -> Daemon:
-            self.__enter__()
-            if not handoff.entered():
-                # The awaiting task was cancelled meanwhile: nobody will leave
-                # this block, so leave it here, in this thread.
-                leave_abandoned()
-            return self.daemon
-
-        task = asyncio.ensure_future(asyncio.to_thread(enter))
+    def _leave_abandoned(self) -> None:
+        # Nobody awaits this any more: an error can only be logged.
         try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            # The start goes on in its thread. If it has already entered, leave
-            # from another thread; if not, it leaves by itself once entered.
-            # Either way that work no longer depends on this task: a second
-            # cancellation only stops the waiting for it here.
-            leaving = (
-                asyncio.ensure_future(asyncio.to_thread(leave_abandoned))
-                if handoff.abandon()
-                else task
+            self.__exit__(None, None, None)
+        except Exception as err:  # noqa: BLE001 - reported, not raised
+            self.target.config.logger.warning(
+                "Daemon '%s': error while leaving a cancelled block: %s", self.daemon.name, err
             )
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.shield(leaving)
-            raise
 
     async def __aexit__(
         self,
@@ -255,9 +254,12 @@ class Running:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        import asyncio  # noqa: PLC0415 - see __aenter__
-
-        await asyncio.to_thread(self.__exit__, exc_type, exc, tb)
+        """Leave in a worker thread; a cancellation meanwhile waits until the block is left."""
+        await _aio.call(
+            lambda: self.__exit__(exc_type, exc, tb),
+            name=f"daemon_controller: leaving {self.daemon.name!r}",
+            cancellable=False,
+        )
 
     def __repr__(self) -> str:
         return f"<Running daemon={self.daemon.name!r} stop={self.stop!r}>"

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import _actions, _process
+from . import _actions, _notify, _process
 from ._errors import hide_frames
 from ._probes import PingUnusable
 
@@ -43,6 +43,10 @@ class Status:
         port: The port it was started with (``port()``), or ``None``: not
             running, or no port declared.
         run_dir: Its run directory (``run_dir()``), or ``None``.
+        readiness: How its starts tell that it is ready: ``"notify"``,
+            ``"log"`` and/or ``"ping"`` (see ``DaemonConfig.readiness``).
+        notify_status: The last ``STATUS=`` text it sent while it started
+            (``notify()``), if the running daemon sent one; else ``None``.
     """
 
     name: str
@@ -55,6 +59,8 @@ class Status:
     problem: str | None = None
     port: int | None = None
     run_dir: Path | None = None
+    readiness: tuple[str, ...] = ()
+    notify_status: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -100,4 +106,6 @@ def status(target: Target, timeout: float) -> Status:
         problem=problem,
         port=port,
         run_dir=run_dir if isinstance(run_dir, Path) else None,
+        readiness=target.config.readiness,
+        notify_status=None if pid is None else _notify.read_status(target.files.status, pid),
     )

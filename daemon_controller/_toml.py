@@ -9,7 +9,19 @@
     log = "log/redis.log"
     after = ["db"]                        # start after db; stop before it
 
-Keys are the builder's options. Relative paths are relative to the file, and
+    [daemons.cache]
+    start = ["memcached", "-vv", "-p", "11311"]
+    foreground = true
+    ping_log = "server listening"         # a regex; with ping too, both must hold
+
+    [daemons.queue]
+    start = ["redis-server", "--port", "6391", "--supervised", "systemd"]
+    notify = true                         # READY=1; no pid/log needed
+
+Keys are the builder's options. A log line is ``ping_log``, the builder's
+name, rather than a ``log:`` scheme of ``ping``: it combines with a ``ping``
+(both must hold), and ``ping`` stays what can be asked at any time (by
+``status``), which a line logged once cannot. Relative paths are relative to the file, and
 commands run in the file's directory unless ``cwd`` says otherwise. Unknown
 keys and wrong types are errors naming the file, the daemon and the key.
 """
@@ -120,7 +132,7 @@ def _pyproject_table(path: Path) -> dict[str, Any] | None:
 
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError):
         return None
     tool = data.get("tool")
     table = tool.get("daemon-controller") if isinstance(tool, dict) else None
@@ -151,6 +163,8 @@ def _read_table(path: Path) -> dict[str, Any]:
         raise ConfigError(path, f"not UTF-8 text: {err}") from err
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(path, f"not valid TOML: {err}") from err
+    except RecursionError as err:  # tomllib parses nested arrays and tables recursively
+        raise ConfigError(path, "not usable TOML: nested too deeply") from err
     prefix = ""
     table: object = data
     if path.name == "pyproject.toml":
@@ -271,6 +285,10 @@ class _Reader:
         if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
             return self.in_base(daemon.ping_command(value))
         text = self.text(key, value)
+        if text.startswith("log:") or text.strip() in {"notify", "notify://"}:
+            how = "ping_log = '<regex>'" if text.startswith("log:") else "notify = true"
+            msg = f"a log line or a notify message has its own key: write {how}"
+            raise self.fail(key, msg)
         if text.startswith("tcp://"):
             host, _, port = text.removeprefix("tcp://").rstrip("/").rpartition(":")
             if not host or not (port.isdigit() or port == PORT):
@@ -298,9 +316,11 @@ class _Reader:
         return daemon._with(ping=replace(probe, cwd=self.base))  # noqa: SLF001 - same package
 
     def daemon(self, options: dict[str, Any]) -> tuple[Daemon, tuple[str, ...]]:
-        for required in ("start", "ping"):
-            if required not in options:
-                raise self.fail(required, f"is required (a daemon needs a {required!r} key)")
+        if "start" not in options:
+            raise self.fail("start", "is required (a daemon needs a 'start' key)")
+        if not {"ping", "ping_log"} & options.keys() and options.get("notify") is not True:
+            msg = "is required unless ping_log or notify = true says when it is ready"
+            raise self.fail("ping", msg)
         daemon = Daemon(self.name).cwd(self.base)
         deps: tuple[str, ...] = ()
         for key, value in options.items():
@@ -323,12 +343,12 @@ class _Reader:
         return daemon, deps
 
     def require_files(self, daemon: Daemon, options: dict[str, Any]) -> None:
-        """Only a program we run in the foreground gets default PID and log files."""
-        if daemon.config.foreground:
+        """Only a program we run in the foreground, or a notify daemon, gets default files."""
+        if daemon.config.own_pid_file:
             return
         for required in ("pid", "log"):
             if required not in options:
-                raise self.fail(required, "is required unless foreground = true")
+                raise self.fail(required, "is required unless foreground = true or notify = true")
 
 
 _SETTERS: dict[str, Callable[[_Reader, Daemon, object], Daemon]] = {
@@ -336,6 +356,8 @@ _SETTERS: dict[str, Callable[[_Reader, Daemon, object], Daemon]] = {
     "stop": lambda r, d, v: d.stop_with(r.command("stop", v)),
     "restart": lambda r, d, v: d.restart_with(r.command("restart", v)),
     "ping": lambda r, d, v: r.ping(d, "ping", v),
+    "ping_log": lambda r, d, v: d.ping_log(r.text("ping_log", v)),
+    "notify": lambda r, d, v: d.notify(r.flag("notify", v)),
     "pid": lambda r, d, v: d.pid(r.file("pid", v)),
     "log": lambda r, d, v: d.log(r.file("log", v)),
     "lock": lambda r, d, v: d.lock(r.file("lock", v)),
@@ -362,7 +384,8 @@ _SETTERS: dict[str, Callable[[_Reader, Daemon, object], Daemon]] = {
     "prepare": lambda r, d, v: r.prepare(d, "prepare", v),
 }
 
-#: The Ruby gem's option names, which are not keys here: each has one name, ours.
+#: The Ruby gem's option names (and others' for ours), which are not keys here:
+#: each option has one name, ours.
 _RUBY_NAMES = {
     "daemonize_for_me": "foreground",
     "start_command": "start",
@@ -374,4 +397,7 @@ _RUBY_NAMES = {
     "lock_file": "lock",
     "log_file_activity_timeout": "log_activity_timeout",
     "stop_graceful_signal": "stop_signal",
+    # Other tools' names for a ready line: the option is ping_log everywhere here.
+    "ready_log": "ping_log",
+    "log_pattern": "ping_log",
 }

@@ -9,7 +9,8 @@ descendants inherit. psutil reads it back.
 Two more facts make the search cheap and safe:
 
 * Only processes that did not exist before the start command was spawned are
-  candidates, and each is looked at once.
+  candidates, and each is looked at once (once it shows an environment: caught
+  in the middle of ``exec()``, a process shows none for a moment).
 * A process whose parent we already track is tracked too, which also covers a
   descendant that cleared its environment while its parent was still alive.
 
@@ -22,12 +23,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
+from typing import TYPE_CHECKING
 
 import psutil
 
 from . import _process
 from ._errors import hide_frames
 from ._waiting import Clock, Deadline
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 #: pytest shows our errors without our frames (see ``_errors.hide_frames``).
 __tracebackhide__ = hide_frames
@@ -39,6 +45,9 @@ _ALL_GONE_CONFIRM = 0.015
 _RESCAN = 0.05
 #: ...and otherwise at most this often (a scan of ~100 processes costs ~1.5 ms).
 _MIN_SCAN_GAP = 0.01
+#: A new process with an empty environment is looked at again while younger
+#: than this: it may be in the middle of exec().
+_EXEC_GRACE = 1.0
 
 
 def new_marker() -> str:
@@ -60,6 +69,8 @@ class Descendants:
         self.known: dict[int, float] = {}
         self.before = set(psutil.pids())
         self.strangers: set[int] = set()
+        #: The last scan met a candidate caught in ``exec()``: look again soon.
+        self.pending = False
 
     def adopt(self, pid: int) -> None:
         """Track ``pid`` too (a PID file's process that may have cleared its environment).
@@ -80,12 +91,16 @@ class Descendants:
             whether everything the start created has exited.
         """
         complete = True
+        self.pending = False
         skip = self.before
         for pid in sorted(set(psutil.pids()) - skip - self.strangers - self.known.keys()):
             try:
                 proc = psutil.Process(pid)
-                if proc.ppid() in self.known or proc.environ().get(MARKER) == self.marker:
+                ours = self._ours(proc)
+                if ours:
                     self.known[pid] = proc.create_time()
+                elif ours is None:
+                    self.pending, complete = True, False
                 else:
                     self.strangers.add(pid)
             except psutil.AccessDenied:
@@ -93,6 +108,19 @@ class Descendants:
             except psutil.Error:
                 self.strangers.add(pid)  # gone already
         return complete
+
+    def _ours(self, proc: psutil.Process) -> bool | None:
+        """Whether a new process descends from the start; ``None``: cannot tell yet."""
+        if proc.ppid() in self.known:
+            return True
+        environment = proc.environ()
+        if environment.get(MARKER) == self.marker:
+            return True
+        if not environment and time.time() - proc.create_time() < _EXEC_GRACE:
+            # Caught in the middle of exec(), a process's environment reads
+            # empty for a moment; one that cleared it for good ages out.
+            return None
+        return False
 
     def alive(self) -> list[psutil.Process]:
         """The tracked processes that still run (zombies do not; ours are reaped)."""
@@ -123,28 +151,60 @@ class Descendants:
         complete = self.scan()
         return not complete or bool(self.alive())
 
-    def terminate(self, grace: float, clock: Clock) -> list[int]:
+    def terminate(
+        self, grace: float, clock: Clock, hurry: Callable[[], bool] | None = None
+    ) -> list[int]:
         """Terminate every living descendant: SIGTERM, ``grace`` seconds, SIGKILL.
 
         A descendant may fork between a scan and its signal (a daemon half-way
         through its double fork, with SIGTERM blocked while it daemonizes), so
         the scan is repeated once everything found so far has exited, until a
         scan finds nobody new: only a process that has exited cannot fork.
+        That last scan must come *after* everything was seen to have exited: a
+        start command may fork its daemon and exit between a scan and the
+        look at who is alive. Once ``hurry()`` is true, SIGKILL follows
+        SIGTERM at once.
 
         Returns:
             The PIDs that had to be terminated.
         """
         deadline = Deadline(grace, clock)
         victims: set[int] = set()
+        self.scan()
         while True:
-            self.scan()
             fresh = [proc for proc in self.alive() if proc.pid not in victims]
-            if not fresh:
-                break
-            victims.update(proc.pid for proc in fresh)
-            _process.terminate(fresh, deadline)
+            if fresh:
+                victims.update(proc.pid for proc in fresh)
+                _process.terminate(fresh, deadline, hurry)
+            known = len(self.known)
+            self.scan()
+            if not fresh and len(self.known) == known:
+                if not self.pending:
+                    break  # all exited, and nobody new appeared since they did
+                clock.sleep(0.001)  # a candidate is in exec(): it will show its environment
         _process.reap_all()
         return sorted(victims)
+
+
+def marked(marker: str) -> list[psutil.Process]:
+    """The living processes carrying ``marker``: what one start created, and still runs.
+
+    Scans every process we may read the environment of (all, as root); ours
+    and our ancestors are left out, whatever they carry.
+    """
+    spared = {os.getpid()}
+    with contextlib.suppress(psutil.Error):
+        spared.update(parent.pid for parent in psutil.Process().parents())
+    found = []
+    for proc in psutil.process_iter():
+        if proc.pid in spared:
+            continue
+        try:
+            if proc.environ().get(MARKER) == marker and _process.is_alive(proc.pid):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
 
 
 class AllExitedWatch:

@@ -9,6 +9,8 @@ the deadline, and always checking once more when the deadline arrives.
 
 from __future__ import annotations
 
+import importlib
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -18,6 +20,7 @@ from ._errors import hide_frames
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from types import ModuleType
 
     import tenacity
 
@@ -25,6 +28,9 @@ if TYPE_CHECKING:
 __tracebackhide__ = hide_frames
 
 T = TypeVar("T")
+
+#: ``time.sleep`` overflows on very long pauses: a longer one is made of several.
+_LONGEST_SLEEP = 86400.0
 
 
 class Clock(Protocol):
@@ -47,7 +53,10 @@ class MonotonicClock:
         return time.monotonic()
 
     def sleep(self, seconds: float) -> None:
-        """Sleep for real."""
+        """Sleep for real (``inf``: for good)."""
+        while seconds > _LONGEST_SLEEP:
+            time.sleep(_LONGEST_SLEEP)
+            seconds -= _LONGEST_SLEEP
         time.sleep(seconds)
 
 
@@ -83,20 +92,58 @@ class Deadline:
         """Seconds since the deadline was set."""
         return self.clock.now() - self.started
 
+    def extend(self, seconds: float) -> None:
+        """Make sure at least ``seconds`` are left from now (never shortens the wait)."""
+        if self.timeout is not None:
+            self.timeout = max(self.timeout, self.elapsed() + seconds)
+
 
 #: Checking may take at most this share of the time: the pause after a round
-#: of checking is at least 20 times as long as the round took (about 5% of a
-#: core for the rounds; waking up from each pause costs a little more).
-_COST_RATIO = 20.0
+#: of checking is at least 25 times as long as the round took (about 4% of a
+#: core for the rounds; waking up from each pause costs a little more, and
+#: the whole wait is to stay under 5%).
+_COST_RATIO = 25.0
 #: A round's cost is the least of the last few: one round that the scheduler
 #: held up (another process ran meanwhile) must not stretch the next pause
-#: twentyfold, while a check that is always slow (a command run as a ping)
+#: 25-fold, while a check that is always slow (a command run as a ping)
 #: still counts in full. A check that is slow only now and then is costed by
 #: its usual, cheap rounds.
 _COST_WINDOW = 4
 #: The shortest pause grows by this many seconds per second waited, so a long
 #: wait gradually settles at ``max_interval`` (after 1 s: about 9 ms).
 _PATIENCE = 0.008
+
+
+def _tenacity() -> ModuleType:
+    """``import tenacity``, at first use: 20 ms of import time that is_running() does not need.
+
+    An import interrupted half-way (Ctrl-C while it runs) can leave modules
+    in ``sys.modules`` that are only partly initialised, and every later
+    import would get them ("partially initialized module 'tenacity'"). So
+    what a failed import added is removed again, and the next use imports
+    afresh; a half-initialised tenacity found here is replaced the same way.
+    """
+    module = sys.modules.get("tenacity")
+    if module is not None and hasattr(module, "Retrying"):
+        return module
+    try:
+        return _import_tenacity()
+    except AttributeError:  # a half-initialised one was found, and dropped: afresh
+        return _import_tenacity()
+
+
+def _import_tenacity() -> ModuleType:
+    before = set(sys.modules)
+    try:
+        module = importlib.import_module("tenacity")
+        module.Retrying  # noqa: B018 - missing from a half-initialised module
+    except BaseException:
+        for name in set(sys.modules) - before:
+            sys.modules.pop(name, None)
+        for name in [name for name in sys.modules if name.partition(".")[0] == "tenacity"]:
+            sys.modules.pop(name, None)
+        raise
+    return module
 
 
 def poll_until(
@@ -112,12 +159,12 @@ def poll_until(
     """Call ``check`` until it returns something other than ``None``.
 
     The pause between checks adapts: it starts at ``first_interval``, is never
-    shorter than 20 times what a check costs (so an expensive check, like a
+    shorter than 25 times what a check costs (so an expensive check, like a
     command run as a ping, does not eat a core), grows slowly with the time
     waited, and never exceeds ``max_interval`` or the time left. A check's
     cost is all the work between two pauses (the loop's own included), and
     the least of the last four counts, so one check that the scheduler held
-    up does not stretch the next pause twentyfold.
+    up does not stretch the next pause 25-fold.
 
     Args:
         check: Returns ``None`` for "not yet"; any other value ends the wait and
@@ -135,8 +182,7 @@ def poll_until(
     Returns:
         The first non-``None`` result, or ``None`` if the deadline passed first.
     """
-    import tenacity  # noqa: PLC0415 - 20 ms of import time, not needed by is_running()
-
+    retrying_module = _tenacity()
     clock = deadline.clock
     pause_with = sleep or clock.sleep
     costs: deque[float] = deque(maxlen=_COST_WINDOW)
@@ -165,12 +211,13 @@ def poll_until(
         pause_with(seconds)
         awake_since = clock.now()
 
-    retrying = tenacity.Retrying(
-        retry=tenacity.retry_if_result(lambda result: result is None),
+    retrying = retrying_module.Retrying(
+        retry=retrying_module.retry_if_result(lambda result: result is None),
         wait=pause,
         stop=lambda _state: deadline.expired(),
         sleep=take_pause,
         retry_error_callback=lambda _state: None,
         reraise=True,
     )
-    return retrying(counted_check)
+    result: T | None = retrying(counted_check)
+    return result

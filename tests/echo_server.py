@@ -71,6 +71,41 @@ Daemonizing:
 ``--ready-line``
     In foreground mode, print ``ready`` to stdout (flushed) once listening.
 
+Telling a controller it is ready (after listening, in this order):
+
+``--log-junk BYTES``
+    Log ``BYTES`` bytes of random binary data (newlines included, by chance),
+    in writes of up to 1 MiB: a huge, binary log.
+``--rotate-log``
+    Rename the log file to ``PATH.1`` and go on in a new file at ``PATH``.
+``--truncate-log``
+    Truncate the log file to 0 bytes (as ``copytruncate`` does).
+``--ready-log-line TEXT``
+    Log ``TEXT`` (one line, to the log file, or stderr without one), stamped
+    with the record event ``"ready-line"`` just before the write.
+``--split-ready-line SECONDS``
+    Write that line in two ``write()`` calls, ``SECONDS`` apart, the second
+    half with the newline.
+``--notify-ready``
+    Send ``READY=1`` (and ``STATUS=Listening``) to ``$NOTIFY_SOCKET`` (the
+    sd_notify protocol; ``@name`` is an abstract socket), stamped with the
+    record event ``"notify-ready"`` just before the send.
+``--notify-mainpid``
+    Send ``MAINPID=<our PID>`` along with it.
+
+Telling a controller other things through ``$NOTIFY_SOCKET``, right after
+daemonizing (before the files, step 1 below):
+
+``--notify-status TEXT``
+    Send ``STATUS=TEXT``.
+``--notify-extend SECONDS``
+    Send ``EXTEND_TIMEOUT_USEC=`` for ``SECONDS``.
+``--notify-errno N``
+    Send ``STATUS=failing`` and ``ERRNO=N``, then wait for a signal without
+    listening (the controller must fail on the message, not on an exit).
+``--notify-stopping``
+    Send ``STOPPING=1``, then wait for a signal without listening.
+
 Before daemonizing (output goes to the start command's stdout/stderr):
 
 ``--stdout-message MSG``
@@ -87,7 +122,7 @@ Before daemonizing (output goes to the start command's stdout/stderr):
 
 After daemonizing, in this order:
 
-1. ``--log-message MSG``: log ``MSG``.
+1. The ``--notify-*`` messages above, then ``--log-message MSG``: log ``MSG``.
 2. ``--write-file`` files are written.
 3. ``--exit-after-daemonize CODE``: log ``exiting after daemonizing`` and exit
    with ``CODE`` (no PID file was written).
@@ -96,11 +131,16 @@ After daemonizing, in this order:
 6. ``--exit-after-pid CODE``: log ``exiting after writing pid file`` and exit
    with ``CODE``, leaving the PID file in place.
 7. ``--wait-before-listen SECONDS`` plus
-   ``random.uniform(0, --random-extra-wait SECONDS)``: sleep.
+   ``random.uniform(0, --random-extra-wait SECONDS)``: sleep.  Then, with
+   ``--listen-at MONOTONIC``, sleep until ``time.monotonic()`` (CLOCK_MONOTONIC,
+   the same in every process) reaches ``MONOTONIC``: a benchmark can make a
+   daemon ready a set time after it was started, however long the interpreter
+   took to start.
 8. Bind and listen.  On failure (e.g. port in use) log
    ``cannot listen: <error>`` to the log file and stderr, remove the PID file
    and exit 1.
-9. Record ``"listening"``, print the ``--ready-line``, serve.
+9. Record ``"listening"``, print the ``--ready-line``, tell readiness (the
+   options above), serve.
 
 Stopping:
 
@@ -231,6 +271,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--wait-before-pid", type=_non_negative_float, default=0.0, metavar="SECONDS")
     p.add_argument("--wait-before-listen", type=_non_negative_float, default=0.0, metavar="SECONDS")
     p.add_argument("--random-extra-wait", type=_non_negative_float, default=0.0, metavar="SECONDS")
+    p.add_argument("--listen-at", type=_non_negative_float, default=0.0, metavar="MONOTONIC")
     p.add_argument("--ignore-term", action="store_true", help="ignore SIGTERM")
     p.add_argument("--stop-delay", type=_non_negative_float, default=0.0, metavar="SECONDS")
     p.add_argument("--record", metavar="PATH", help="append JSON event lines here")
@@ -243,6 +284,17 @@ def _parser() -> argparse.ArgumentParser:
         help="write CONTENT to PATH after daemonizing (repeatable)",
     )
     p.add_argument("--ready-line", action="store_true", help="print 'ready' when listening")
+    p.add_argument("--log-junk", type=int, default=0, metavar="BYTES")
+    p.add_argument("--rotate-log", action="store_true")
+    p.add_argument("--truncate-log", action="store_true")
+    p.add_argument("--ready-log-line", metavar="TEXT")
+    p.add_argument("--split-ready-line", type=_non_negative_float, metavar="SECONDS")
+    p.add_argument("--notify-ready", action="store_true")
+    p.add_argument("--notify-mainpid", action="store_true")
+    p.add_argument("--notify-status", metavar="TEXT")
+    p.add_argument("--notify-extend", type=_non_negative_float, metavar="SECONDS")
+    p.add_argument("--notify-errno", type=int, metavar="N")
+    p.add_argument("--notify-stopping", action="store_true")
     return p
 
 
@@ -393,6 +445,77 @@ class _Server:
                 os.close(fd)
         except OSError as e:
             self.log(f"cannot write record file {path}: {e}")
+
+    # -- telling a controller --------------------------------------------------
+
+    def notify(self, message: str, *, stamp: str | None = None) -> None:
+        """Send one sd_notify datagram to $NOTIFY_SOCKET (recording ``stamp`` just before)."""
+        address = os.environ.get("NOTIFY_SOCKET", "")
+        family = getattr(socket, "AF_UNIX", None)
+        if not address or family is None:
+            self.log("no NOTIFY_SOCKET to notify")
+            return
+        if address.startswith("@"):
+            address = "\0" + address[1:]
+        moment = (time.time(), time.monotonic())
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.sendto(message.encode(), address)
+        if stamp is not None:
+            self.record(stamp, time=moment[0], monotonic=moment[1])
+
+    def log_fd_now(self) -> int:
+        return self.log_fd if self.log_fd is not None else 2
+
+    def tell_ready(self) -> None:
+        """The log junk, rotation, truncation, ready line and READY=1, as the options say."""
+        args = self.args
+        if args.log_junk:
+            left = args.log_junk
+            while left > 0:
+                chunk = os.urandom(min(left, 1 << 20))
+                _write_all(self.log_fd_now(), chunk)
+                left -= len(chunk)
+        if (args.rotate_log or args.truncate_log) and args.log_file:
+            if args.rotate_log:
+                os.replace(args.log_file, args.log_file + ".1")
+                fresh = os.open(args.log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                for fd in {self.log_fd_now(), 1, 2} if not args.foreground else {self.log_fd_now()}:
+                    os.dup2(fresh, fd)
+                os.close(fresh)
+            if args.truncate_log:
+                os.ftruncate(self.log_fd_now(), 0)
+        if args.ready_log_line is not None:
+            line = f"[{_PROG} {os.getpid()}] {args.ready_log_line}\n".encode()
+            moment = (time.time(), time.monotonic())
+            if args.split_ready_line is not None:
+                half = len(line) // 2
+                _write_all(self.log_fd_now(), line[:half])
+                time.sleep(args.split_ready_line)
+                _write_all(self.log_fd_now(), line[half:])
+            else:
+                _write_all(self.log_fd_now(), line)
+            self.record("ready-line", time=moment[0], monotonic=moment[1])
+        if args.notify_ready:
+            message = "READY=1\nSTATUS=Listening"
+            if args.notify_mainpid:
+                message += f"\nMAINPID={os.getpid()}"
+            self.notify(message, stamp="notify-ready")
+
+    def tell_early(self) -> None:
+        """What the options say to send right after daemonizing."""
+        args = self.args
+        if args.notify_status is not None:
+            self.notify(f"STATUS={args.notify_status}")
+        if args.notify_extend is not None:
+            self.notify(f"EXTEND_TIMEOUT_USEC={round(args.notify_extend * 1e6)}")
+        if args.notify_errno is not None or args.notify_stopping:
+            if args.notify_errno is not None:
+                self.notify(f"STATUS=failing\nERRNO={args.notify_errno}")
+            else:
+                self.notify("STOPPING=1")
+            self.log("told the controller it failed; waiting for a signal")
+            while True:
+                time.sleep(3600)
 
     # -- pid file --------------------------------------------------------------
 
@@ -644,6 +767,7 @@ class _Server:
     def after_daemonizing(self) -> None:
         args = self.args
         self.log("started" if args.foreground else "daemonized")
+        self.tell_early()
         if args.log_message is not None:
             self.log(args.log_message)
         for path, content in args.write_file:
@@ -668,6 +792,8 @@ class _Server:
             wait += random.uniform(0.0, args.random_extra_wait)
         if wait > 0:
             time.sleep(wait)
+        if args.listen_at > time.monotonic():
+            time.sleep(args.listen_at - time.monotonic())
         try:
             self.listener = self.listen()
         except OSError as e:
@@ -685,6 +811,7 @@ class _Server:
             self.record("listening", address=address)
         if args.foreground and args.ready_line:
             _say(1, "ready")
+        self.tell_ready()
 
     def run(self) -> None:
         if self.args.ignore_term:

@@ -214,6 +214,25 @@ class BeforeStart:
         self._record("exit")
 
 
+def event_time(record: Path, event: str, timeout: float = 10.0) -> float:
+    """When the echo server stamped ``event`` in its ``--record`` file (CLOCK_MONOTONIC).
+
+    Waits briefly for the line: the server stamps the moment, then writes it.
+    """
+    found: list[float] = []
+
+    def stamped() -> bool:
+        found[:] = [
+            entry["monotonic"]
+            for entry in map(json.loads, lines(record) if record.exists() else [])
+            if entry["event"] == event
+        ]
+        return bool(found)
+
+    assert wait_until(stamped, timeout), f"no {event!r} in {record}"
+    return found[-1]
+
+
 def start_records(path: Path) -> list[dict[str, Any]]:
     """What a :class:`BeforeStart` recorded in ``path``."""
     return [json.loads(line) for line in lines(path) if line.strip()]
@@ -575,3 +594,59 @@ def time_start_stop(
         f"stops {[round(s * 1000, 1) for s in stops]})"
     )
     return starts, stops
+
+
+_LOCK_PROBE = r"""
+import fcntl, os, sys
+for line in sys.stdin:
+    try:
+        fd = os.open(line.rstrip("\n"), os.O_RDWR)
+    except FileNotFoundError:
+        print("missing", flush=True)
+        continue
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print("held", flush=True)
+    else:
+        print("free", flush=True)
+    finally:
+        os.close(fd)
+"""
+
+
+class LockProbe:
+    """A separate process that says whether anybody holds a lock file.
+
+    It tries to take the file exclusively, without waiting, on a descriptor
+    of its own: from another process, so neither this process's open lock
+    files nor its threads can fool it. One process answers every question
+    (starting one per check would cost tens of milliseconds each).
+    """
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _LOCK_PROBE],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def state(self, path: os.PathLike[str] | str) -> str:
+        """``"free"``, ``"held"`` or ``"missing"``."""
+        assert self.proc.stdin is not None
+        assert self.proc.stdout is not None
+        self.proc.stdin.write(f"{os.fspath(path)}\n")
+        self.proc.stdin.flush()
+        return self.proc.stdout.readline().strip()
+
+    def held(self, *paths: os.PathLike[str] | str) -> list[str]:
+        """Those of ``paths`` that somebody holds."""
+        return [os.fspath(path) for path in paths if self.state(path) == "held"]
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait(10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()

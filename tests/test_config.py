@@ -280,9 +280,60 @@ def test_pid_and_log_are_required_unless_foreground(tmp_path):
         with pytest.raises(ConfigError) as info:
             load(path)
         assert (info.value.daemon, info.value.key) == ("web", key)
-        assert "unless foreground = true" in str(info.value)
+        assert "unless foreground = true or notify = true" in str(info.value)
     path = daemons_toml(tmp_path, f"[daemons.web]\n{BASE}foreground = true\n")
     assert load(path)["web"].resolved().config.pid_file is not None
+
+
+def test_readiness_keys_ping_log_and_notify(tmp_path):
+    # One name each: the builder's. A notify daemon needs neither pid nor log;
+    # a log line combines with a ping (both must hold).
+    queue = load_one(
+        tmp_path, 'start = ["redis-server", "--supervised", "systemd"]\nnotify = true\n'
+    )
+    assert queue.config.notify is True
+    assert queue.config.readiness == ("notify",)
+    assert queue.resolved().config.pid_file is not None
+    cache = load_one(
+        tmp_path,
+        """
+        start = ["memcached", "-vv"]
+        foreground = true
+        ping_log = "server listening"
+        ping = "tcp://127.0.0.1:11311"
+        """,
+    )
+    assert cache.config.ping_log is not None
+    assert cache.config.ping_log.pattern == "server listening"
+    assert cache.config.readiness == ("log", "ping")
+
+
+def test_a_notify_daemon_declared_in_toml_starts(tmp_path, test_id):
+    port = free_port()
+    start = [
+        sys.executable,
+        str(ECHO_SERVER),
+        "--port",
+        str(port),
+        "--foreground",
+        "--notify-ready",
+    ]
+    path = daemons_toml(
+        tmp_path,
+        f"""
+        [daemons.echo]
+        start = {json.dumps(start)}
+        notify = true
+        env = {{ {MARKER} = "{test_id}" }}
+        """,
+    )
+    daemon = load(path)["echo"]
+    try:
+        daemon.start()
+        assert answers(port)
+        assert daemon.status().notify_status == "Listening"
+    finally:
+        daemon.stop()
 
 
 def test_stop_signal_as_number_and_flags_false(tmp_path):
@@ -360,6 +411,14 @@ def test_after_is_kept_in_the_project(tmp_path):
         (f"{MINIMAL}user = 0\n", "user", "string"),
         (f'{MINIMAL}after = "db"\n', "after", "list of daemon names"),
         (f'{MINIMAL}after = ["nosuch"]\n', "after", "nosuch"),
+        (f'{MINIMAL}ping_log = "(unclosed"\n', "ping_log", "not valid"),
+        (f"{MINIMAL}ping_log = 5\n", "ping_log", "string"),
+        (f'{MINIMAL}notify = "yes"\n', "notify", "true or false"),
+        ('start = "x"\nnotify = false\n', "ping", "unless ping_log or notify"),
+        ('start = "x"\nping = "log:Ready"\n', "ping", "ping_log = '<regex>'"),
+        ('start = "x"\nping = "notify"\n', "ping", "notify = true"),
+        (f'{MINIMAL}ready_log = "Ready"\n', "ready_log", "did you mean 'ping_log'"),
+        ('start = "x"\nping_log = "Ready"\npid = "p"\n', "log", "notify = true"),
     ],
 )
 def test_invalid_option_names_file_daemon_and_key(tmp_path, options, key, expected):

@@ -32,7 +32,7 @@ from helpers import MARKER, free_port, roundtrip, wait_until
 from runtime_files import forget, placed_echo
 
 from daemon_controller import Daemon, DaemonError, StartError, StartTimeout, TcpPing, load
-from daemon_controller._launch import ATTEMPTS
+from daemon_controller._attempts import ATTEMPTS
 from daemon_controller._probes import PingUnusable
 
 

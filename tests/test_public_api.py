@@ -9,6 +9,7 @@ from importlib.resources import files
 import daemon_controller
 
 EXPECTED = {
+    "AllRunning",
     "AlreadyStarted",
     "CallablePing",
     "CommandPing",
@@ -22,6 +23,7 @@ EXPECTED = {
     "Probe",
     "Running",
     "StartError",
+    "StartFailures",
     "StartTimeout",
     "Status",
     "StopError",
@@ -29,6 +31,7 @@ EXPECTED = {
     "TcpPing",
     "UnixPing",
     "__version__",
+    "all_running",
     "load",
     "requires",
 }

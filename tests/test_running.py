@@ -15,7 +15,8 @@ With real echo-server daemons:
 * ``stop=True`` and ``stop=False``;
 * exceptions inside the block propagate unchanged; an error while stopping does
   not hide them;
-* ``async with`` keeps the event loop running during a start;
+* ``async with`` keeps the event loop running during a start, and a
+  cancellation while entering aborts the start;
 * ``running()`` as a decorator, for sequential and concurrent calls.
 
 Other processes are ``helpers.Child`` processes running ``_ENTER_BLOCK``: they
@@ -785,10 +786,10 @@ def test_async_with_exception_propagates_and_the_daemon_is_stopped(echo):
 
 
 @pytest.mark.parametrize("cancellations", [1, 2])
-def test_async_with_cancelled_while_entering_leaves_once_the_start_is_done(echo, cancellations):
-    # The start runs on in its worker thread; the block is left as soon as it
-    # has been entered, even when the task is cancelled again meanwhile.
-    daemon = echo("--wait-before-listen", "1.0")
+def test_async_with_cancelled_while_entering_aborts_the_start(echo, cancellations):
+    # The start is aborted, and only then does the cancellation propagate,
+    # however often the task is cancelled meanwhile (tests/test_async.py has more).
+    daemon = echo("--wait-before-listen", "30")
     entered = []
 
     async def block():
@@ -806,8 +807,9 @@ def test_async_with_cancelled_while_entering_leaves_once_the_start_is_done(echo,
 
     asyncio.run(main())
     assert entered == []
-    assert wait_until(lambda: daemonized_count(echo.log_file) == 1)
-    assert wait_until(lambda: not daemon.is_running())
+    assert daemonized_count(echo.log_file) <= 1
+    assert not daemon.is_running()  # at once: the abort was over
+    assert not echo.marked()
     assert not echo.pid_file.exists()
 
 

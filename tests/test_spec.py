@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import re
 import signal
 from pathlib import Path
 
@@ -55,6 +56,8 @@ BUILDER_CALLS = [
     ("ping_http", ("http://127.0.0.1:4321/health",)),
     ("ping_command", ("true",)),
     ("ping", (_ping_fn,)),
+    ("ping_log", ("Ready to accept",)),
+    ("notify", ()),
     ("pid", ("/tmp/some.pid",)),
     ("log", ("/tmp/some.log",)),
     ("lock", ("/tmp/some.lock",)),
@@ -229,6 +232,14 @@ OPTION_CASES = [
         False,
     ),
     (lambda d: d.foreground(), "foreground", True),
+    (lambda d: d.ping_log("Ready to accept"), "ping_log", re.compile("Ready to accept")),
+    (
+        lambda d: d.ping_log(re.compile(r"ready\b", re.IGNORECASE)),
+        "ping_log",
+        re.compile(r"ready\b", re.IGNORECASE),
+    ),
+    (lambda d: d.notify(), "notify", True),
+    (lambda d: d.notify().notify(False), "notify", False),
     (lambda d: d.keep_fds(0, 1), "keep_fds", (0, 1)),
     (lambda d: d.keep_fds(_with_fileno(), 5), "keep_fds", (2, 5)),
     (lambda d: d.env({"A": "1"}), "env", (("A", "1"),)),
@@ -245,6 +256,31 @@ def test_builder_sets_its_option(call, field, expected):
     value = getattr(d.config, field)
     assert value == expected
     assert type(value) is type(expected)
+
+
+def test_readiness_methods_combine_and_each_keeps_its_own_field():
+    # A log line or a notify message does not replace the ping: all must hold.
+    d = Daemon(NAME).ping_tcp("localhost", 1234).ping_log("ready").notify()
+    assert d.config.ping == TcpPing("localhost", 1234)
+    assert d.config.readiness == ("notify", "log", "ping")
+    assert d.ping_http("http://localhost:1/").config.ping_log == re.compile("ready")
+    assert Daemon(NAME).config.readiness == ()
+    assert "notify" in repr(d)
+    assert "ping_log='ready'" in repr(d)
+
+
+def test_a_notify_daemon_gets_default_files_like_a_foreground_one():
+    d = Daemon(NAME).start_with(["srv", "--supervised"]).notify().resolved()
+    assert d.config.pid_file is not None
+    assert d.config.log_file is not None
+    assert d.config.pid_file.parent == d.config.log_file.parent
+    assert Daemon(NAME).start_with("srv").ping_log("x").resolved().config.pid_file is None
+
+
+def test_a_start_needs_some_readiness_check():
+    d = Daemon(NAME).start_with("srv").pid("/tmp/x.pid").log("/tmp/x.log")
+    with pytest.raises(ValueError, match=r"ping_log\(...\) or notify\(\)"):
+        d.start()
 
 
 def test_keep_fds_with_a_real_file_object(tmp_path):
@@ -318,6 +354,9 @@ INVALID_CALLS = [
     pytest.param(lambda d: d.ping_http("not a url"), id="url-garbage"),
     pytest.param(lambda d: d.ping_http("http://"), id="url-no-host"),
     pytest.param(lambda d: d.ping(42), id="ping-not-callable"),
+    pytest.param(lambda d: d.ping_log("(unclosed"), id="ping-log-invalid-regex"),
+    pytest.param(lambda d: d.ping_log(""), id="ping-log-empty"),
+    pytest.param(lambda d: d.ping_log(b"bytes"), id="ping-log-bytes"),
     pytest.param(lambda d: d.before_start("echo hi"), id="before-start-not-callable"),
     pytest.param(lambda d: d.stop_signal("NOSUCHSIGNAL"), id="unknown-signal"),
     pytest.param(lambda d: d.stop_signal(9999), id="unknown-signal-number"),

@@ -459,13 +459,19 @@ def test_stranger_on_an_http_port_is_named(tmp_path, test_id):
         server.server_close()
 
 
+# The daemon has died (a zombie: its parent waited for its exit without reaping
+# it) by the time its PID file names it, however soon the file is looked at.
 _WRITE_PID_AND_DIE = """
 import os, sys
 if os.fork() == 0:
     os.setsid()
+    daemon = os.fork()
+    if daemon == 0:
+        os._exit(0)
+    os.waitid(os.P_PID, daemon, os.WEXITED | os.WNOWAIT)
     tmp = sys.argv[1] + ".tmp"
     with open(tmp, "w") as f:
-        f.write(f"{os.getpid()}\\n")
+        f.write(f"{daemon}\\n")
     os.replace(tmp, sys.argv[1])
     os._exit(0)
 """

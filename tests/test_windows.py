@@ -1,4 +1,4 @@
-"""Windows-only behaviour: detached start, CTRL_BREAK_EVENT stop, shared locks.
+"""Windows-only behaviour: detached start, CTRL_BREAK_EVENT stop, shared locks, no notify().
 
 These run on a Windows machine (see .github/workflows/ci.yml); on POSIX they skip.
 """
@@ -36,6 +36,13 @@ def test_foreground_program_starts_and_stops(tmp_path):  # pragma: win32 cover
     finally:
         web.stop()
     assert not web.is_running()
+
+
+def test_notify_is_refused_at_build_time():  # pragma: win32 cover
+    # Windows has no unix datagram sockets for the notify protocol.
+    with pytest.raises(NotImplementedError, match="unix datagram sockets"):
+        Daemon("x").notify()
+    assert Daemon("x").notify(False).config.notify is False
 
 
 def test_shared_locks_coexist_and_exclude_an_exclusive_one(tmp_path):  # pragma: win32 cover

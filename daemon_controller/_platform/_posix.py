@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import select
 import signal
@@ -24,6 +25,9 @@ else:  # pragma: no cover - Windows
     fcntl = None
 
 DEFAULT_STOP_SIGNAL = "TERM"
+#: Whether a daemon can tell us it is ready through a unix datagram socket
+#: (the sd_notify protocol; ``notify()``).
+HAS_NOTIFY = True
 #: Whether ``sh -c "exec prog"`` works here (cmd.exe has no exec).
 SHELL_HAS_EXEC = True
 
@@ -32,6 +36,13 @@ SHELL_HAS_EXEC = True
 PASSTHROUGH_LOG_PATHS = frozenset(
     {"/dev/stdout", "/dev/stderr", "/proc/self/fd/1", "/proc/self/fd/2"},
 )
+
+#: The longest path a unix socket can be connected at: ``sun_path`` less its
+#: terminating NUL (108 bytes on Linux, 104 on macOS and the BSDs).
+UNIX_PATH_MAX = 107 if sys.platform.startswith("linux") else 103
+
+#: ``poll()`` takes milliseconds as a C int: a longer wait is made of several.
+_MAX_POLL_MS = 2**31 - 1
 
 
 def parse_signal(value: str | int) -> int:
@@ -88,6 +99,14 @@ def leads_group(pid: int) -> bool:
         return False
 
 
+def leads_session(pid: int) -> bool:
+    """Whether ``pid`` leads its own session, and so its own process group."""
+    try:
+        return os.getsid(pid) == pid and os.getpgid(pid) == pid
+    except OSError:
+        return False
+
+
 def group_alive(pgid: int) -> bool:
     """Whether any process of group ``pgid`` is still running (zombies are not)."""
     for pid in psutil.pids():
@@ -113,8 +132,8 @@ def detach_kwargs(user: str | None = None) -> dict[str, Any]:
 
     Args:
         user: Run the child as this user (with its primary group and its
-            supplementary groups, and ``HOME``/``USER``/``LOGNAME`` of that
-            user) when we are root; ignored when we already are that user.
+            supplementary groups; its environment is :func:`user_environment`'s)
+            when we are root; ignored when we already are that user.
 
     Raises:
         LookupError: No such user.
@@ -141,15 +160,35 @@ def detach_kwargs(user: str | None = None) -> dict[str, Any]:
     return kwargs
 
 
-def user_environment(user: str) -> dict[str, str]:
-    """``HOME``, ``USER`` and ``LOGNAME`` for ``user`` (what ``runuser`` would set)."""
-    import pwd  # noqa: PLC0415 - only for .user()
+def start_stamp(pid: int) -> int | None:
+    """When ``pid`` started, in a form no change of the wall clock alters; ``None`` if gone.
 
+    Linux: clock ticks after boot (field 22 of ``/proc/PID/stat``). Elsewhere:
+    psutil's creation time in microseconds, which the kernel stored when the
+    process was created.
+    """
+    if not sys.platform.startswith("linux"):
+        with contextlib.suppress(psutil.Error):
+            return round(psutil.Process(pid).create_time() * 1_000_000)
+        return None
     try:
-        entry = pwd.getpwnam(user)
-    except KeyError:
-        return {}
-    return {"HOME": entry.pw_dir, "USER": user, "LOGNAME": user}
+        with Path(f"/proc/{pid}/stat").open("rb") as f:
+            data = f.read(4096)
+        # The command name (field 2) may hold spaces and parentheses: count after it.
+        return int(data[data.rindex(b")") + 2 :].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+@functools.cache
+def boot_id() -> str:
+    """Tells this boot from others (Linux); ``""`` where the stamps are unique anyway."""
+    try:
+        # Bytes: decoding by name may import a codec, which a process that
+        # dropped its privileges may no longer be allowed to read.
+        return Path("/proc/sys/kernel/random/boot_id").read_bytes().decode().strip()
+    except OSError:
+        return ""
 
 
 def wait_exit(pid: int, timeout: float) -> bool | None:
@@ -243,25 +282,48 @@ class ExitHandle:
         # under another thread's feet (a closed fd would poll as "exited").
         self.close()
 
-    def _poll(self, milliseconds: int) -> bool:
-        if self._fd < 0:
+    def _poll(self, milliseconds: int, wake: int | None = None) -> bool:
+        fd = self._fd
+        if fd < 0:
             msg = "exit handle used after close()"
             raise ValueError(msg)
         poller = select.poll()
-        poller.register(self._fd, select.POLLIN)
-        events = poller.poll(milliseconds)
-        if events and events[0][1] & select.POLLNVAL:
+        poller.register(fd, select.POLLIN)
+        if wake is None:  # the hot path of is_running(): one descriptor
+            events = poller.poll(milliseconds)
+            mask = events[0][1] if events else 0
+        else:
+            poller.register(wake, select.POLLIN)
+            mask = sum(m for polled, m in poller.poll(milliseconds) if polled == fd)
+        if mask & select.POLLNVAL:
             msg = "exit handle's descriptor is not open"
             raise ValueError(msg)
-        return bool(events)
+        return bool(mask)
 
     def exited(self) -> bool:
         """Whether the process has exited (a zombie has)."""
         return self._poll(0)
 
-    def wait(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for the exit; whether it happened."""
-        return self._poll(max(0, int(timeout * 1000)))
+    def fileno(self) -> int | None:
+        """The pidfd, readable once the process has exited (``None`` once closed)."""
+        return self._fd if self._fd >= 0 else None
+
+    def wait(self, timeout: float, wake: int | None = None) -> bool:
+        """Wait up to ``timeout`` seconds (``inf``: no limit) for the exit; whether it happened.
+
+        Args:
+            timeout: Seconds; ``0`` only looks.
+            wake: A descriptor that ends the wait early when it polls readable
+                (a cancellation's pipe), or ``None``.
+        """
+        milliseconds = timeout * 1000
+        while milliseconds > _MAX_POLL_MS:  # poll() takes an int of milliseconds
+            if self._poll(_MAX_POLL_MS, wake):
+                return True
+            if wake is not None and select.select([wake], [], [], 0)[0]:
+                return False
+            milliseconds -= _MAX_POLL_MS
+        return self._poll(max(0, int(milliseconds)), wake)
 
     def close(self) -> None:
         """Close the pidfd (only its last user should)."""
@@ -285,77 +347,3 @@ def exit_handle(pid: int) -> ExitHandle | None:
         return ExitHandle(pidfd_open(pid, 0))
     except OSError:
         return None
-
-
-# -- run directories of daemons run as another user, and copies of them ---------------------
-
-#: ``ioctl(FICLONE)``: share a file's blocks copy-on-write (Btrfs, XFS, bcachefs).
-_FICLONE = 0x40049409
-
-
-def user_ids(user: str | None) -> tuple[int, int] | None:
-    """``(uid, gid)`` that files we make for a daemon run as ``user`` must belong to.
-
-    ``None`` when they stay ours: no user, we are not root (commands then run
-    as ourselves), or the user is root or unknown.
-    """
-    if user is None or os.geteuid() != 0:
-        return None
-    import pwd  # noqa: PLC0415 - only for .user()
-
-    try:
-        entry = pwd.getpwnam(user)
-    except KeyError:
-        return None
-    return None if entry.pw_uid == 0 else (entry.pw_uid, entry.pw_gid)
-
-
-def give(path: Path | str, ids: tuple[int, int] | None) -> None:
-    """Make ``path`` (not what a symlink there points to) belong to ``ids``; ``None``: leave it."""
-    if ids is not None:
-        os.chown(path, ids[0], ids[1], follow_symlinks=False)
-
-
-def user_runtime_dir(user: str | None) -> Path:
-    """The private runtime directory of the user a daemon's commands run as.
-
-    Ours (:func:`runtime_dir`) unless we are root running the daemon as
-    another user, who could not enter ours: then
-    ``<tmp>/daemon-controller-<uid>``, made by us for that user, 0700.
-
-    Raises:
-        PermissionError: The directory exists but is not that user's private one.
-    """
-    ids = user_ids(user)
-    if ids is None:
-        return runtime_dir()
-    path = Path(tempfile.gettempdir()) / f"daemon-controller-{ids[0]}"
-    with contextlib.suppress(FileExistsError):
-        path.mkdir(mode=0o700)
-        give(path, ids)
-    info = path.lstat()
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != ids[0] or info.st_mode & 0o077:
-        msg = f"{str(path)!r} is not a private directory of user {user!r}; refusing to use it"
-        raise PermissionError(msg)
-    return path
-
-
-def clone_file(source: int, target: int) -> bool:
-    """Make the open file ``target`` a copy-on-write clone of ``source``; whether it worked.
-
-    Only where the filesystem shares blocks between files (Linux: Btrfs, XFS
-    with reflink, bcachefs); elsewhere the caller copies the bytes.
-    """
-    if sys.platform != "linux" or fcntl is None:
-        return False
-    try:
-        fcntl.ioctl(target, _FICLONE, source)
-    except OSError:
-        return False
-    return True
-
-
-def keep_owner(path: str, original: os.stat_result) -> None:
-    """As root, give the copy at ``path`` the owner of the original; otherwise copies are ours."""
-    if os.geteuid() == 0 and (original.st_uid, original.st_gid) != (0, 0):
-        os.chown(path, original.st_uid, original.st_gid, follow_symlinks=False)

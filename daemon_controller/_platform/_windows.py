@@ -11,18 +11,32 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping
+
 import psutil
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
 
 # The type checker reads this module for Windows only; it still imports
 # elsewhere (the tests check), where nothing in it is called.
 assert sys.platform == "win32" or not TYPE_CHECKING  # noqa: S101 - a type-checker directive
 
 DEFAULT_STOP_SIGNAL = "CTRL_BREAK_EVENT"
+#: Whether a daemon can tell us it is ready through a unix datagram socket:
+#: Windows has unix stream sockets only, so ``notify()`` is refused.
+HAS_NOTIFY = False
 #: Whether ``sh -c "exec prog"`` works here (cmd.exe has no exec).
 SHELL_HAS_EXEC = False
 _WRONG_OS = "Windows process control is only available on Windows"
 
 PASSTHROUGH_LOG_PATHS = frozenset({"CON", "CONOUT$"})
+
+#: The longest path a unix socket can be connected at (``sun_path`` less its NUL).
+UNIX_PATH_MAX = 107
+#: ``WaitForSingleObject`` takes milliseconds as a DWORD below INFINITE.
+_MAX_WAIT_SECONDS = 0xFFFFFFFE / 1000
 
 #: What psutil can send on Windows: the two console events, and SIGTERM
 #: (TerminateProcess).
@@ -88,6 +102,12 @@ def leads_group(pid: int) -> bool:
     return False
 
 
+def leads_session(pid: int) -> bool:
+    """There are no sessions to signal on Windows."""
+    del pid
+    return False
+
+
 def group_alive(pgid: int) -> bool:
     """Not used on Windows (see :func:`leads_group`)."""
     del pgid
@@ -119,10 +139,35 @@ def detach_kwargs(user: str | None = None) -> dict[str, Any]:
     return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
 
 
-def user_environment(user: str) -> dict[str, str]:
-    """Not supported on Windows."""
+def user_environment(user: str, ours: Mapping[str, str]) -> dict[str, str]:
+    """Ours: ``.user()`` is POSIX-only, and the spawn says so (see :func:`detach_kwargs`)."""
     del user
-    raise NotImplementedError(_WRONG_OS)
+    return dict(ours)
+
+
+def user_ids(user: str | None) -> tuple[int, int] | None:
+    """Never a switch of user here."""
+    del user
+    return None
+
+
+@contextlib.contextmanager
+def files_as(ids: tuple[int, int] | None) -> Iterator[bool]:
+    """Files are never opened as another user here."""
+    del ids
+    yield False
+
+
+def start_stamp(pid: int) -> int | None:
+    """The creation time Windows stored for ``pid``, in microseconds; ``None`` if gone."""
+    with contextlib.suppress(psutil.Error):
+        return round(psutil.Process(pid).create_time() * 1_000_000)
+    return None
+
+
+def boot_id() -> str:
+    """Creation times are unique across boots: nothing to tell them apart with."""
+    return ""
 
 
 def wait_exit(pid: int, timeout: float) -> bool | None:
@@ -132,7 +177,13 @@ def wait_exit(pid: int, timeout: float) -> bool | None:
         ``True`` if the process has exited, ``False`` if the timeout passed first.
     """
     try:
-        psutil.Process(pid).wait(timeout)
+        process = psutil.Process(pid)
+        while timeout > _MAX_WAIT_SECONDS:
+            with contextlib.suppress(psutil.TimeoutExpired):
+                process.wait(_MAX_WAIT_SECONDS)
+                return True
+            timeout -= _MAX_WAIT_SECONDS
+        process.wait(timeout)
     except psutil.NoSuchProcess:
         return True
     except psutil.TimeoutExpired:
@@ -186,9 +237,14 @@ class ExitHandle:
         """Not used on Windows."""
         raise NotImplementedError(_WRONG_OS)
 
-    def wait(self, timeout: float) -> bool:
+    def wait(self, timeout: float, wake: int | None = None) -> bool:
         """Not used on Windows."""
+        del timeout, wake
         raise NotImplementedError(_WRONG_OS)
+
+    def fileno(self) -> int | None:
+        """Not used on Windows."""
+        return None
 
     def close(self) -> None:
         """Not used on Windows."""
@@ -197,12 +253,6 @@ class ExitHandle:
 def exit_handle(pid: int) -> ExitHandle | None:
     """No cheap exit handle here: liveness is checked through psutil each time."""
     del pid
-    return None
-
-
-def user_ids(user: str | None) -> tuple[int, int] | None:
-    """Files never change owner here (``.user()`` is POSIX only)."""
-    del user
     return None
 
 
@@ -226,3 +276,49 @@ def clone_file(source: int, target: int) -> bool:
 def keep_owner(path: str, original: os.stat_result) -> None:
     """Nothing to do: copies belong to whoever makes them."""
     del path, original
+
+
+class FileWatch:
+    """Never made on Windows: :func:`watch_files` returns ``None``."""
+
+    __slots__ = ()
+    complete = False
+
+    def fileno(self) -> int:
+        """Not used on Windows."""
+        raise NotImplementedError(_WRONG_OS)
+
+    def changed(self) -> bool:
+        """Not used on Windows."""
+        raise NotImplementedError(_WRONG_OS)
+
+    def close(self) -> None:
+        """Not used on Windows."""
+
+
+class NotifySocket:
+    """Windows has no unix datagram sockets: ``notify()`` is refused when it is set."""
+
+    address = ""
+
+    def __init__(self, runtime_dir: Callable[[], Path]) -> None:
+        del runtime_dir
+        msg = "Windows has no unix datagram sockets for the notify protocol"
+        raise OSError(msg)
+
+    def fileno(self) -> int:
+        """Not used on Windows."""
+        raise NotImplementedError(_WRONG_OS)
+
+    def receive(self) -> list[tuple[int | None, bytes]]:
+        """Not used on Windows."""
+        raise NotImplementedError(_WRONG_OS)
+
+    def close(self) -> None:
+        """Not used on Windows."""
+
+
+def watch_files(paths: Iterable[Path]) -> FileWatch | None:
+    """No file-change events here (yet): the caller polls."""
+    del paths
+    return None

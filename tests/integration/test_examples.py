@@ -117,6 +117,19 @@ def test_postgresql_example(pg, pg_user):
         assert output.count(f"(postgres), owned by {pg_user}") == 3
 
 
+def test_asyncio_example(redis_bin, memcached_bin):
+    check(
+        "asyncio_example.py",
+        "dc-asyncio-",
+        "Redis: SET -> 'OK', GET -> 'hello from asyncio'",
+        "memcached: set -> 'STORED', get -> 'hello from asyncio'",
+        "Left the block: Redis running False, memcached running False; processes left: []",
+        "astart() under asyncio.timeout(1.0): TimeoutError after",
+        "The start was aborted: processes left: []; lock free: True",
+        "OK",
+    )
+
+
 def test_foreground_http_server():
     check(
         "foreground_http_server.py",
@@ -124,6 +137,21 @@ def test_foreground_http_server():
         "GET /index.txt -> 'served by a foreground program'",
         "Restarted: PID",
         "Left the block: running False",
+        "OK",
+    )
+
+
+def test_told_readiness(nginx_bin, redis_bin, memcached_bin):
+    check(
+        "told_readiness.py",
+        "dc-told-readiness-",
+        "1. Redis said READY=1",
+        "PING -> b'+PONG'",
+        "its last STATUS: 'Ready to accept connections'",
+        "2. memcached logged 'server listening'",
+        "GET / -> 'ready by its own word'",
+        "pattern 'server listening' not seen; the daemon (PID",
+        "Address already in use",
         "OK",
     )
 

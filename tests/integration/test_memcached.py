@@ -6,7 +6,9 @@ the run-as user, its errors after going into the background reaching the
 ``StartError`` only with ``-v`` and its output redirected to the log, a PID
 file it cannot write (the start fails with memcached's own line and nothing is
 left running), ``-d`` changing directory to ``/`` (a relative ``-P`` is
-relative to ``/``), and start/stop times.
+relative to ``/``), start/stop times, and readiness from its output: with
+``-vv`` memcached prints ``server listening`` once it has bound its port, so
+run in the foreground (its output is its log) it needs ``ping_log()`` only.
 """
 
 from __future__ import annotations
@@ -185,6 +187,52 @@ def test_relative_pid_file_is_relative_to_root_after_d(memcached_bin, work, proc
     assert not (work / "memcached.pid").exists()
     assert not Path("/memcached.pid").exists()
     assert procs.wait_until(lambda: not procs.survivors(), timeout=10)
+
+
+def logging_memcached(memcached: str, port: int, test_id: str) -> Daemon:
+    """memcached in the foreground: no -d, no -P; ready when it prints that it listens."""
+    user = ["-u", "nobody"] if os.geteuid() == 0 else []
+    return (
+        Daemon(f"memcached-{test_id[:8]}")
+        .start_with([memcached, "-vv", "-p", str(port), "-l", "127.0.0.1", "-U", "0", *user])
+        .foreground()
+        .ping_log("server listening")
+        .start_timeout(20)
+        .stop_timeout(20)
+        .start_abort_timeout(3)
+        .env({MARKER: test_id})
+    )
+
+
+def test_ping_log_in_the_foreground(memcached_bin, procs, test_id):
+    port = free_port()
+    cache = logging_memcached(memcached_bin, port, test_id)
+    pid = None
+    try:
+        cache.start()
+        pid = procs.track(cache.read_pid())
+        assert psutil.Process(pid).name() == "memcached"
+        assert version(port).startswith("VERSION ")  # at once
+        assert cache.status().readiness == ("log",)
+        cache.stop()
+        assert procs.gone(pid)
+    finally:
+        cache.stop()
+        kill(pid)
+
+
+def test_ping_log_port_taken_fails_at_once_with_memcached_line(memcached_bin, procs, test_id):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        cache = logging_memcached(memcached_bin, port, test_id).start_timeout(60)
+        with pytest.raises(StartError) as caught:
+            cache.start()
+    text = str(caught.value)
+    assert "pattern 'server listening' not seen; the daemon (PID" in text
+    assert "its last lines:" in text
+    assert "Address already in use" in text
+    assert caught.value.exit_status is not None
+    assert not cache.is_running()
 
 
 def test_start_and_stop_times(memcached_bin, work, procs, test_id):

@@ -5,7 +5,9 @@ the same port again at once), restart with a new config, ``stop()`` returning
 only once the master has exited (nginx deletes its PID file a moment before),
 workers gone with it, a crashed nginx's stale PID file, start errors showing
 nginx's own error line (config syntax; port taken), a stop that times out not
-leaving orphaned workers behind, and start/stop times.
+leaving orphaned workers behind, start/stop times, and readiness from the error
+log (``ping_log()``: nginx logs ``start worker processes`` at ``notice`` once it
+has bound its sockets and gone into the background).
 """
 
 from __future__ import annotations
@@ -70,13 +72,19 @@ def returning(value: str) -> str:
     return f'location / {{ return 200 "{value}"; }}'
 
 
-def nginx_daemon(nginx: str, work: Path, port: int, test_id: str) -> Daemon:
+def nginx_daemon(
+    nginx: str, work: Path, port: int, test_id: str, *, ready_line: str | None = None
+) -> Daemon:
+    """nginx pinged over TCP, or, given ``ready_line``, ready when its error log says so."""
     error_log = ["-e", str(work / "error.log")] if supports_e_option(nginx) else []
+    daemon = Daemon("nginx").start_with(
+        [nginx, "-p", str(work), "-c", str(work / "nginx.conf"), *error_log]
+    )
+    daemon = (
+        daemon.ping_tcp("127.0.0.1", port) if ready_line is None else daemon.ping_log(ready_line)
+    )
     return (
-        Daemon("nginx")
-        .start_with([nginx, "-p", str(work), "-c", str(work / "nginx.conf"), *error_log])
-        .ping_tcp("127.0.0.1", port)
-        .pid(work / "nginx.pid")
+        daemon.pid(work / "nginx.pid")
         .log(work / "error.log")
         .start_timeout(20)
         .stop_timeout(20)
@@ -174,6 +182,28 @@ def test_tutorial_cycle_on_the_same_port(nginx_bin, work, procs, test_id):
             nginx.stop()
             assert procs.gone(pids[-1])
         assert len(set(pids)) == 3
+    finally:
+        nginx.stop()
+        for pid in pids:
+            kill_nginx(pid)
+
+
+def test_ping_log_ready_when_nginx_logs_its_workers_start(nginx_bin, work, procs, test_id):
+    """The tutorial cycle again, ready by the error log's line: no port is polled."""
+    port = free_port()
+    nginx = nginx_daemon(
+        nginx_bin, work, port, test_id, ready_line=r"\[notice\] .*start worker processes"
+    )
+    assert nginx.config.ping is None
+    pids = []
+    try:
+        for value in ("first", "second"):  # the first cycle's line does not count for the second
+            write_config(work, port, returning(value))
+            nginx.start()
+            pids.append(procs.track(nginx.read_pid()))
+            assert get(port) == (200, value)  # at once: the sockets were bound before the line
+            nginx.stop()
+            assert procs.gone(pids[-1])
     finally:
         nginx.stop()
         for pid in pids:

@@ -8,7 +8,10 @@ child, no wrapper in between), PostgreSQL refusing to run as root, its own
 on a stopped cluster exiting 1 and ``dont_stop_if_pid_file_invalid()`` making
 ``stop()`` quiet then, readiness (a unix-socket ping reports a server ready that
 still rejects sessions; ``pg_isready`` does not), a start error with
-PostgreSQL's own line, and start/stop times.
+PostgreSQL's own line, start/stop times, and ``notify()``: this PostgreSQL is
+built with libsystemd and sends ``READY=1`` once it accepts sessions, so
+neither a ping nor (in the foreground) a PID-file option is needed, in the
+foreground and through ``pg_ctl start -W``, which does not wait itself.
 """
 
 from __future__ import annotations
@@ -103,6 +106,40 @@ class Cluster:
             .foreground()
             .stop_signal("INT")
             .ping_command(self.pg_isready())
+        )
+
+    def notifying(self, command: list[str]) -> Daemon:
+        """Told by PostgreSQL itself when it is ready: no ping, no pid() or log()."""
+        daemon = (
+            Daemon(f"postgresql-notify-{self.test_id[:8]}")
+            .start_with(command)
+            .notify()
+            .before_start(self.initdb_on_first_use)
+            .cwd(self.base)
+            .start_timeout(60)
+            .stop_timeout(60)
+            .start_abort_timeout(5)
+            .env({MARKER: self.test_id})
+        )
+        return daemon.user(self.user) if self.user else daemon
+
+    def notifying_in_foreground(self) -> Daemon:
+        command = [self.pg.postgres, "-D", str(self.data), *self.server_options()]
+        return self.notifying(command).stop_signal("INT")
+
+    def notifying_pg_ctl(self) -> Daemon:
+        # -W: pg_ctl returns at once; READY=1 says when the server is ready.
+        options = " ".join([*self.server_options()[:-2], "-c", "listen_addresses=''"])
+        log = str(self.base / "postgresql.log")
+        return (
+            self.notifying(
+                [self.pg.pg_ctl, "start", "-W", "-D", str(self.data), "-l", log, "-o", options]
+            )
+            .pid(self.data / "postmaster.pid")
+            .log(self.base / "postgresql.log")
+            .lock(self.base / "postgresql.lock")  # the data directory is made under it
+            .stop_with([self.pg.pg_ctl, "stop", "-w", "-D", str(self.data), "-m", "fast"])
+            .dont_stop_if_pid_file_invalid()
         )
 
     def psql(self, sql: str) -> subprocess.CompletedProcess[str]:
@@ -267,6 +304,32 @@ def test_socket_ping_is_ready_too_early_pg_isready_is_not(cluster, pg, procs):
         assert procs.wait_until(lambda: not procs.survivors(), timeout=10)
     finally:
         socket_ping.stop()
+        kill_postgres(pid)
+
+
+@pytest.mark.parametrize("variant", ["foreground", "pg_ctl"])
+def test_notify_ready_means_a_query_works(cluster, pg_user, procs, variant):
+    server = (
+        cluster.notifying_in_foreground() if variant == "foreground" else cluster.notifying_pg_ctl()
+    )
+    assert server.config.ping is None
+    pid = None
+    try:
+        server.start()
+        pid = procs.track(server.read_pid())
+        assert pid is not None
+        assert int((cluster.data / "postmaster.pid").read_text().split()[0]) == pid
+        proc = psutil.Process(pid)
+        assert proc.name() == "postgres"
+        assert proc.username() == expected_user(pg_user)
+        result = cluster.psql("SELECT 6 * 7")  # at once: READY=1 means it accepts sessions
+        assert (result.returncode, result.stdout.strip()) == (0, "42"), result.stderr
+        assert server.status().readiness == ("notify",)
+        server.stop()
+        assert procs.gone(pid)
+        assert not server.is_running()
+    finally:
+        server.stop()
         kill_postgres(pid)
 
 

@@ -9,7 +9,10 @@ it daemonizes; a port already taken, after it daemonized, from its log file),
 ``connect()`` from several processes at once starting Redis exactly once,
 ``running()``, readiness while Redis loads its dataset (a TCP ping says "ready"
 while every command still gets ``-LOADING``; a PING that must answer ``+PONG``
-waits), and start/stop times.
+waits, and so does ``notify()``: Redis sends ``READY=1`` once it has loaded),
+Redis with ``--supervised systemd`` and ``notify()`` needing no PID or log file
+of its own (in the foreground, or going into the background and found by its
+message), and start/stop times.
 """
 
 from __future__ import annotations
@@ -346,6 +349,103 @@ def test_tcp_ping_is_ready_too_early_while_redis_loads_its_dataset(redis_bin, wo
         assert call(port, "GET", "key:1") == "x" * 50
         assert call(port, "DBSIZE") == keys
         assert waited > 0.5  # it really waited for the loading
+    finally:
+        redis.stop()
+        for pid in pids:
+            kill(pid)
+
+
+def notifying_redis(redis: str, work: Path, port: int, test_id: str, *extra: str) -> Daemon:
+    """Redis under the sd_notify protocol: no pid(), no log(), no ping."""
+    return (
+        Daemon(f"redis-notify-{test_id[:8]}")
+        .start_with(
+            [
+                *(redis, "--port", str(port), "--bind", "127.0.0.1", "--save", ""),
+                *("--dir", str(work), "--supervised", "systemd", *extra),
+            ]
+        )
+        .notify()
+        .start_timeout(20)
+        .stop_timeout(20)
+        .start_abort_timeout(3)
+        .env({MARKER: test_id})
+    )
+
+
+def test_notify_in_the_foreground_needs_no_pid_or_log_file(redis_bin, work, procs, test_id):
+    port = free_port()
+    redis = notifying_redis(redis_bin, work, port, test_id, "--daemonize", "no")
+    pid = None
+    try:
+        redis.start()
+        pid = procs.track(redis.read_pid())
+        assert pid == redis_pid(port)  # READY=1 came from Redis itself
+        assert pong(port)  # ready means ready, at once
+        status = redis.status()
+        assert status.readiness == ("notify",)
+        assert status.notify_status == "Ready to accept connections"  # its last STATUS=
+        log = redis.resolved().config.log_file
+        assert "Ready to accept connections" in log.read_text()  # its output is its log
+        redis.stop()
+        assert procs.gone(pid)
+        assert not redis.is_running()
+    finally:
+        redis.stop()
+        kill(pid)
+
+
+def test_notify_going_into_the_background_is_found_by_its_message(redis_bin, work, procs, test_id):
+    # Daemonized, with a PID file of its own that we are not told about: the
+    # process that sends READY=1 is the daemon.
+    port = free_port()
+    redis = notifying_redis(
+        redis_bin, work, port, test_id,
+        "--daemonize", "yes", "--pidfile", str(work / "own.pid"),
+        "--logfile", str(work / "redis.log"),
+    )  # fmt: skip
+    pid = None
+    try:
+        redis.start()
+        pid = procs.track(redis.read_pid())
+        assert pid == redis_pid(port) == int((work / "own.pid").read_text())
+        assert pong(port)
+        redis.stop()
+        assert procs.gone(pid)
+    finally:
+        redis.stop()
+        kill(pid)
+
+
+@pytest.mark.slow
+def test_notify_waits_while_redis_loads_its_dataset(redis_bin, work, procs, test_id):
+    port = free_port()
+    keys = 1500
+    redis = notifying_redis(redis_bin, work, port, test_id, "--daemonize", "no")
+    pids = []
+    try:
+        redis.start()
+        pids.append(procs.track(redis.read_pid()))
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"".join(encode("SET", f"key:{i}", "x" * 50) for i in range(keys)))
+            with sock.makefile("rb") as stream:
+                assert all(read_reply(stream) == "OK" for _ in range(keys))
+        assert call(port, "SAVE") == "OK"
+        redis.stop()
+
+        # Loading now takes about keys * 1 ms (key-load-delay is in microseconds).
+        slow = notifying_redis(
+            redis_bin, work, port, test_id, "--daemonize", "no",
+            "--key-load-delay", "1000", "--loading-process-events-interval-bytes", "1024",
+        )  # fmt: skip
+        began = time.monotonic()
+        slow.start()
+        waited = time.monotonic() - began
+        pids.append(procs.track(slow.read_pid()))
+        assert call(port, "GET", "key:1") == "x" * 50  # no -LOADING
+        assert call(port, "DBSIZE") == keys
+        assert waited > 0.5  # it really waited for the loading
+        slow.stop()
     finally:
         redis.stop()
         for pid in pids:
