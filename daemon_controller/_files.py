@@ -77,6 +77,9 @@ class UnsafeFileError(OSError):
     def __str__(self) -> str:
         return f"{self.filename!r} {self.problem}"
 
+    def __reduce__(self) -> tuple[type[UnsafeFileError], tuple[str, str, int | None]]:
+        return (UnsafeFileError, (self.filename, self.problem, self.owner))
+
 
 def own_uids() -> frozenset[int] | None:
     """The owners whose files count as ours: this user and root (``None``: no owners here)."""

@@ -79,8 +79,15 @@ class Readiness:
         self.watch = _platform.watch_files([log.path]) if self.pattern is not None else None
         self.seen: str | None = None  # the line that matched
         self.notify = cfg.notify
-        self.socket = NotifySocket() if cfg.notify else None
-        self.record = StatusRecord(target.files.status) if cfg.notify else None
+        self.socket: NotifySocket | None = None
+        self.record: StatusRecord | None = None
+        if cfg.notify:
+            try:
+                self.socket = NotifySocket()
+            except BaseException:
+                self._stop_reading()
+                raise
+            self.record = StatusRecord(target.files.status)
         self.notified = False  # READY=1 received
         self.sender: int | None = None  # who sent it
         self.main_pid: int | None = None  # MAINPID=

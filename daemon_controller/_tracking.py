@@ -116,9 +116,7 @@ class Descendants:
         environment = proc.environ()
         if environment.get(MARKER) == self.marker:
             return True
-        if not environment and time.time() - proc.create_time() < _EXEC_GRACE:
-            # Caught in the middle of exec(), a process's environment reads
-            # empty for a moment; one that cleared it for good ages out.
+        if not environment and _in_exec(proc):
             return None
         return False
 
@@ -162,16 +160,18 @@ class Descendants:
         scan finds nobody new: only a process that has exited cannot fork.
         That last scan must come *after* everything was seen to have exited: a
         start command may fork its daemon and exit between a scan and the
-        look at who is alive. Once ``hurry()`` is true, SIGKILL follows
-        SIGTERM at once.
+        look at who is alive. (Looking first also spares a scan when nothing
+        of the start is alive any more, as after a failed start command.)
+        Once ``hurry()`` is true, SIGKILL follows SIGTERM at once.
 
         Returns:
             The PIDs that had to be terminated.
         """
         deadline = Deadline(grace, clock)
         victims: set[int] = set()
-        self.scan()
         while True:
+            # Look first, scan after: whatever a process seen dead here forked
+            # before it died is on the list the scan reads.
             fresh = [proc for proc in self.alive() if proc.pid not in victims]
             if fresh:
                 victims.update(proc.pid for proc in fresh)
@@ -184,6 +184,22 @@ class Descendants:
                 clock.sleep(0.001)  # a candidate is in exec(): it will show its environment
         _process.reap_all()
         return sorted(victims)
+
+
+def _in_exec(proc: psutil.Process) -> bool:
+    """Whether a process with an empty environment may be in the middle of ``exec()``.
+
+    There, for a moment, its environment *and* its command line read empty.
+    Daemons that overwrite their environment to set a process title (nginx,
+    Redis, PostgreSQL) keep a command line; kernel threads have neither but
+    are children of kthreadd (PID 2); a process stuck like this for long is
+    neither, and ages out.
+    """
+    return (
+        not proc.cmdline()
+        and proc.ppid() not in (0, 2)
+        and time.time() - proc.create_time() < _EXEC_GRACE
+    )
 
 
 def marked(marker: str) -> list[psutil.Process]:

@@ -148,7 +148,8 @@ def lock_is_free(daemon: Daemon) -> bool:
 async def main_async(redis_bin: str, memcached_bin: str, run_dir: Path) -> bool:
     redis_port, cache_port = free_port(), free_port()
     redis = redis_daemon(redis_bin, run_dir, redis_port)
-    cache = memcached_daemon(memcached_bin, run_dir, cache_port, ping_port=cache_port)
+    cache_dir = run_dir / "memcached"  # its own: as root, nobody (memcached) may write there
+    cache = memcached_daemon(memcached_bin, cache_dir, cache_port, ping_port=cache_port)
 
     ticks = 0
 
@@ -180,7 +181,7 @@ async def main_async(redis_bin: str, memcached_bin: str, run_dir: Path) -> bool:
     ok = ok and not left
 
     # A memcached whose ping asks a port nothing listens on: it never answers.
-    wrong = memcached_daemon(memcached_bin, run_dir, free_port(), ping_port=free_port())
+    wrong = memcached_daemon(memcached_bin, cache_dir, free_port(), ping_port=free_port())
     began = time.monotonic()
     try:
         async with asyncio.timeout(TIMEOUT):
@@ -199,10 +200,16 @@ async def main_async(redis_bin: str, memcached_bin: str, run_dir: Path) -> bool:
 
 
 def make_run_dir() -> Path:
-    """A temporary directory; as root, one that memcached (as nobody) may write to."""
+    """A temporary directory, with a subdirectory memcached (as nobody, when root) may write to.
+
+    Redis's PID file stays in a directory only we can write: a PID file that
+    another user could rewrite is not trusted to name a process of ours.
+    """
     run_dir = Path(tempfile.mkdtemp(prefix="dc-asyncio-"))
+    (run_dir / "memcached").mkdir()
     if os.geteuid() == 0:
-        shutil.chown(run_dir, user="nobody")
+        run_dir.chmod(0o711)  # nobody may pass through to its own directory
+        shutil.chown(run_dir / "memcached", user="nobody")
     return run_dir
 
 

@@ -154,8 +154,7 @@ def test_only_the_platform_package_chooses_an_implementation():
         str(path.relative_to(PACKAGE))
         for path in _sources()
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
-        if isinstance(node, ast.ImportFrom)
-        and (node.module or "").endswith(("_posix", "_windows"))
+        if isinstance(node, ast.ImportFrom) and (node.module or "").endswith(("_posix", "_windows"))
     }
     assert "_platform/__init__.py" in choosers
     assert {c for c in choosers if not c.startswith("_platform/")} == set()

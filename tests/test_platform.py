@@ -40,7 +40,10 @@ def test_no_windows_function_is_reachable_on_posix(name):
     exported = getattr(_platform, name, None)
     assert exported is None or exported is not getattr(_windows, name)
     if exported is not None:
-        posix = {f"daemon_controller._platform.{m}" for m in ("_posix", "_inotify", "_notifysock")}
+        posix = {
+            f"daemon_controller._platform.{m}"
+            for m in ("_posix", "_posix_users", "_inotify", "_notifysock")
+        }
         assert exported.__module__ in posix
 
 

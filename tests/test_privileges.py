@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import stat
 import subprocess
 import sys
@@ -43,6 +44,7 @@ from adversary import (
 from helpers import MARKER, gone, marked
 
 from daemon_controller import Daemon, DaemonError, StartError, StopError
+from daemon_controller._files import UnsafeFileError, read_file
 
 SECRET = "root's secret\n"
 
@@ -444,3 +446,14 @@ def test_user_gets_their_own_login_environment(user, shared, test_id, monkeypatc
     assert env[MARKER] == test_id
     assert env["LANG"] == "C.UTF-8"
     assert env["PATH"] == os.environ["PATH"]
+
+
+@posix_only
+def test_a_refused_side_file_error_survives_pickling(tmp_path):
+    fifo = tmp_path / "planted"
+    os.mkfifo(fifo)
+    with pytest.raises(UnsafeFileError) as info:
+        read_file(fifo, 10)
+    copy = pickle.loads(pickle.dumps(info.value))
+    assert str(copy) == str(info.value) == f"{str(fifo)!r} is a FIFO, not a regular file"
+    assert isinstance(copy, OSError)

@@ -76,7 +76,7 @@ def test_a_worker_ignoring_sigterm_is_killed_at_stop_timeout(tmp_path, test_id, 
     daemon, worker_file = forking_daemon(tmp_path, test_id, port, "stubborn")
     try:
         daemon.start()
-        assert wait_until(worker_file.exists)
+        assert wait_until(lambda: worker_file.exists() and worker_file.read_text().strip())
         worker = int(worker_file.read_text())
         began = time.monotonic()
         with pytest.raises(StopTimeout) as info:
@@ -99,7 +99,7 @@ def test_a_worker_obeying_sigterm_is_stopped_with_the_daemon(tmp_path, test_id, 
     daemon, worker_file = forking_daemon(tmp_path, test_id, port, "obedient")
     try:
         daemon.start()
-        assert wait_until(worker_file.exists)
+        assert wait_until(lambda: worker_file.exists() and worker_file.read_text().strip())
         worker = int(worker_file.read_text())
         began = time.monotonic()
         daemon.stop()  # no StopTimeout: everything exited when asked
