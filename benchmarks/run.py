@@ -888,7 +888,7 @@ def measure(root: Path, groups: set[str], runs: int, figs: dict[str, Figure]) ->
         bench_port_overhead(root / "port", runs, figs["port"])
     if "postgresql" in groups:
         pg_figures = figs["pg_one"], figs["pg_four"], figs["pg_ratio"]
-        bench_pg_instances(max(3, runs // 4), *pg_figures)
+        bench_pg_instances(max(1, runs // 4), *pg_figures)
     if "asyncio" in groups:
         (root / "cancel").mkdir()
         bench_cancel(root / "cancel", runs, figs["cancel"])
