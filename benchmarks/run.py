@@ -4,8 +4,8 @@ Every figure is measured against our own test daemon (tests/echo_server.py),
 which records the exact moment (CLOCK_MONOTONIC, shared by all processes) at
 which it starts listening, sends READY=1, writes its ready line and exits, so
 a delay is "when our call returned" minus "when the daemon did the thing".
-Prints a table of medians, 90th percentiles, sample counts and the targets of
-issue #5 and of the readiness the daemon tells us (notify(), ping_log()).
+Prints a table of medians, 90th percentiles, sample counts and the targets set
+for each figure.
 
 The last rows are about asyncio and several daemons at once: how soon a
 cancelled start raises CancelledError, how long the event loop is held up

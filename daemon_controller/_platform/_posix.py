@@ -243,7 +243,7 @@ def lock_fd(fd: int, *, shared: bool, blocking: bool = True) -> bool:
 
     This is exactly what portalocker does on POSIX (its ``LOCKER`` is
     ``fcntl.flock``), minus about 19 microseconds of argument checking per call,
-    which matters on the ``is_running()``/``connect()`` hot path (issue #5).
+    which matters on the ``is_running()``/``connect()`` hot path.
 
     Returns:
         ``False`` if ``blocking`` is false and a conflicting lock is held.
