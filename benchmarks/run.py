@@ -4,8 +4,7 @@ Every figure is measured against our own test daemon (tests/echo_server.py),
 which records the exact moment (CLOCK_MONOTONIC, shared by all processes) at
 which it starts listening, sends READY=1, writes its ready line and exits, so
 a delay is "when our call returned" minus "when the daemon did the thing".
-Prints a table of medians, 90th percentiles, sample counts and the targets of
-issue #5 and of the readiness the daemon tells us (notify(), ping_log()).
+Prints a table of medians, 90th percentiles, sample counts and the targets.
 
 The exit delay is counted from the daemon's last instruction. Beneath it, on
 Linux, it is split in two at the moment stop() is woken by the daemon's pidfd:
