@@ -28,11 +28,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 from . import _platform
-from ._files import atomic_write, read_own
+from ._files import atomic_write, open_file, own_uids, read_own
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -103,6 +104,27 @@ def write(path: Path, record: Record) -> None:
     """Replace the record at ``path`` (0600, atomically); a failure to write is not fatal."""
     with contextlib.suppress(OSError):
         atomic_write(path, json.dumps({**asdict(record), "path": str(path)}).encode())
+
+
+def update(path: Path, record: Record) -> None:
+    """Rewrite the record this start wrote, in place: on the way to ``start()`` returning.
+
+    A rename over an existing file costs milliseconds on some disks; the start
+    holds the daemon's exclusive lock, and every reader of the record takes
+    that lock too, so nobody sees it half-written. Falls back to :func:`write`.
+    """
+    data = json.dumps({**asdict(record), "path": str(path)}).encode()
+    try:
+        fd = open_file(path, os.O_WRONLY | os.O_TRUNC, owners=own_uids())
+    except OSError:
+        write(path, record)
+        return
+    try:
+        os.write(fd, data)
+    except OSError:
+        write(path, record)
+    finally:
+        os.close(fd)
 
 
 def clear(path: Path) -> None:

@@ -348,7 +348,7 @@ class Start:
                 self.launch.write_pid_file(self.pid)  # the program names itself: we write it
             if self.pid is not None:  # who it is, by a start time no clock step changes
                 marker = self.launch.tracker.marker
-                _record.write(self.target.files.record, _record.of(marker, self.pid, ready=True))
+                _record.update(self.target.files.record, _record.of(marker, self.pid, ready=True))
         except Failed as failure:
             self.launch.abort(self.pid, self.clock)
             raise self.launch.error(failure) from None
