@@ -25,7 +25,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from echo_server import ECHO_SERVER, echo_command
-from helpers import MARKER, Child, free_port, marked_processes
+from helpers import MARKER, Child, LockProbe, free_port, marked_processes
 
 from daemon_controller import Daemon
 
@@ -51,6 +51,14 @@ def _sweep(test_id: str, request: pytest.FixtureRequest):
         kill_all(left)
         if not request.node.get_closest_marker("allow_leftovers"):
             pytest.fail(f"test left processes running (killed now): {descr}")
+
+
+@pytest.fixture
+def lock_probe():
+    """Takes a daemon's locks and leases from a separate process: is anything still held?"""
+    probe = LockProbe()
+    yield probe
+    probe.close()
 
 
 @pytest.fixture

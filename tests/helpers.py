@@ -100,6 +100,28 @@ def kill_marked(marker: str) -> None:
     assert wait_until(lambda: all(gone(pid) for pid in pids))
 
 
+def leftovers(marker: str, width: int = 120) -> list[str]:
+    """Kill and name live processes whose command line or working directory contains ``marker``.
+
+    For runs that cannot carry the sweeper's environment marker (examples and
+    docs run in subprocesses of their own): their directory names them.
+    """
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        if proc.pid == os.getpid():
+            continue
+        with contextlib.suppress(psutil.Error):
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            text = " ".join(proc.cmdline())
+            with contextlib.suppress(psutil.Error):
+                text += " " + proc.cwd()
+            if marker in text:
+                found.append(f"{proc.pid} {text[:width]}")
+                proc.kill()
+    return found
+
+
 def kill_quietly(pid: int | None) -> None:
     """SIGKILL ``pid`` if it is still there, and wait briefly for it to go."""
     if pid is None:

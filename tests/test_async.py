@@ -32,7 +32,7 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 import pytest
-from helpers import MARKER, LockProbe, gone, wait_until
+from helpers import MARKER, gone, wait_until
 
 from daemon_controller import (
     ConnectError,
@@ -49,13 +49,6 @@ if TYPE_CHECKING:
 
 #: Generous: a cancellation takes milliseconds (see the benchmarks), a start 30 s.
 PROMPT = 3.0
-
-
-@pytest.fixture
-def lock_probe():
-    probe = LockProbe()
-    yield probe
-    probe.close()
 
 
 def lock_files(daemon: Daemon) -> tuple[Path, Path]:

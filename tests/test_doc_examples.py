@@ -39,7 +39,6 @@ their command line and working directory).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import runpy
@@ -49,9 +48,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 import pytest
-from helpers import MARKER
+from helpers import MARKER, leftovers
 
 import daemon_controller
 
@@ -179,25 +177,6 @@ def run_pytest(directory: Path, *args: str) -> None:
     )
 
 
-def leftovers(directory: Path) -> list[str]:
-    """Kill and name live processes whose command line or working directory is ``directory``."""
-    marker = str(directory)
-    found = []
-    for proc in psutil.process_iter(["pid"]):
-        if proc.pid == os.getpid():
-            continue
-        with contextlib.suppress(psutil.Error):
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                continue
-            text = " ".join(proc.cmdline())
-            with contextlib.suppress(psutil.Error):
-                text += " " + proc.cwd()
-            if marker in text:
-                found.append(f"{proc.pid} {text[:120]}")
-                proc.kill()
-    return found
-
-
 @pytest.mark.parametrize("page", [str(p.relative_to(REPO)) for p in PAGES])
 def test_page_examples(
     page: str, tmp_path: Path, test_id: str, monkeypatch: pytest.MonkeyPatch
@@ -225,7 +204,7 @@ def test_page_examples(
             run_pytest(tmp_path)
             run_pytest(tmp_path, "-n", "2")
     finally:
-        left = leftovers(tmp_path)
+        left = leftovers(str(tmp_path))
     assert not left, f"{page} left processes running (killed now): {left}"
 
 

@@ -22,7 +22,7 @@ import time
 from typing import TYPE_CHECKING
 
 import pytest
-from helpers import LockProbe, gone, wait_until
+from helpers import gone, wait_until
 
 from daemon_controller import (
     AllRunning,
@@ -38,13 +38,6 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 PROMPT = 3.0
-
-
-@pytest.fixture
-def lock_probe():
-    probe = LockProbe()
-    yield probe
-    probe.close()
 
 
 class Several:

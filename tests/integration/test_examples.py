@@ -8,14 +8,13 @@ directory (matched in command lines and working directories).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import psutil
 import pytest
+from helpers import leftovers
 
 _REPO = Path(__file__).resolve().parents[2]
 
@@ -34,24 +33,6 @@ def run_example(name: str) -> str:
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"{name} exited with {result.returncode}:\n{output}"
     return output
-
-
-def leftovers(marker: str) -> list[str]:
-    """Live processes whose command line or working directory contains ``marker``."""
-    found = []
-    for proc in psutil.process_iter(["pid"]):
-        if proc.pid == os.getpid():
-            continue
-        with contextlib.suppress(psutil.Error):
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                continue
-            text = " ".join(proc.cmdline())
-            with contextlib.suppress(psutil.Error):
-                text += " " + proc.cwd()
-            if marker in text:
-                found.append(f"{proc.pid} {text[:100]}")
-                proc.kill()
-    return found
 
 
 def check(name: str, marker: str, *expected: str) -> str:
