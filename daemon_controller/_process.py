@@ -32,6 +32,10 @@ __tracebackhide__ = hide_frames
 KILL_GRACE = 5.0
 
 _children: dict[int, subprocess.Popen[bytes]] = {}
+#: Exit codes of children already reaped, for whoever asks next (a liveness
+#: check may reap a child before the code that reports its death asks why).
+_codes: dict[int, int] = {}
+_MAX_CODES = 64
 _children_lock = threading.Lock()
 
 
@@ -39,23 +43,28 @@ def adopt(child: subprocess.Popen[bytes]) -> None:
     """Remember a child we spawned so it is reaped when it exits."""
     with _children_lock:
         _children[child.pid] = child
+        _codes.pop(child.pid, None)  # a reused PID: the old code is not this child's
 
 
 def reap(pid: int) -> int | None:
     """Collect the exit status of our child ``pid`` if it has exited.
 
     Returns:
-        Its return code (negative for a signal, as in ``subprocess``), or
-        ``None`` if it is not our child or still running.
+        Its return code (negative for a signal, as in ``subprocess``), also
+        when it was reaped already; ``None`` if it is not our child or still
+        running.
     """
     with _children_lock:
         child = _children.get(pid)
-    if child is None:
-        return None
+        if child is None:
+            return _codes.get(pid)
     code = child.poll()
     if code is not None:
         with _children_lock:
             _children.pop(pid, None)
+            if len(_codes) >= _MAX_CODES:
+                _codes.pop(next(iter(_codes)))
+            _codes[pid] = code
     return code
 
 
