@@ -131,7 +131,7 @@ def in_group(pgid: int) -> list[int]:
     """Live processes in process group ``pgid``."""
     found = []
     for p in psutil.process_iter(["pid"]):
-        with contextlib.suppress(psutil.Error):
+        with contextlib.suppress(psutil.Error, OSError):  # gone meanwhile
             if os.getpgid(p.pid) == pgid and p.status() != psutil.STATUS_ZOMBIE:
                 found.append(p.pid)
     return found
