@@ -18,7 +18,8 @@ of thousands of calls a second should not open and close a file each time).
 The cache is per thread, because two threads must hold separate open files
 for their locks to exclude each other; a cached file that has been deleted
 (its link count is 0) is reopened, so a lock file removed and recreated by
-someone is followed; it keeps at most ``_MAX_OPEN`` files, dropping deleted
+someone is followed (by exclusive locks at once, by shared ones within
+``_RECHECK_AFTER``); it keeps at most ``_MAX_OPEN`` files, dropping deleted
 ones first (a test suite with a daemon per temporary directory uses thousands
 of lock files once each); and it is dropped in a forked child, which must not
 share its parent's open files.
@@ -38,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from typing import TYPE_CHECKING
 
 from . import _cancel, _lock_wait, _platform
@@ -53,6 +55,12 @@ __tracebackhide__ = hide_frames
 _OPEN_FLAGS = os.O_RDWR | os.O_CREAT
 #: Lock files one thread keeps open at most.
 _MAX_OPEN = 64
+#: A shared lock asks whether its cached file is still the one at the path
+#: (link count not 0) at most this often, in seconds. That question is a
+#: system call, as expensive as taking the lock: asked on every
+#: ``is_running()`` it cost a tenth of the call. Exclusive locks always ask.
+_RECHECK_AFTER = 0.01
+_monotonic = time.monotonic
 
 
 def _open(path: Path, identifier: str, *, create: bool = True) -> int | None:
@@ -179,6 +187,9 @@ class _ThreadState(threading.local):
         # path -> (shared?,): the locks this thread holds now; each entry a
         # tuple of its own, which tells the ``locked`` holding it.
         self.held: dict[str, tuple[bool]] = {}
+        # path -> until when (monotonic) a shared lock may skip asking
+        # whether the cached file is still the one at the path.
+        self.fresh: dict[str, float] = {}
 
 
 _state = _ThreadState()
@@ -214,6 +225,7 @@ def _make_room(state: _ThreadState) -> None:
     if len(files) - len(drop) >= _MAX_OPEN:
         drop += [key for key in idle if key not in drop][: len(files) - len(drop) - _MAX_OPEN + 1]
     for key in drop:
+        state.fresh.pop(key, None)
         with contextlib.suppress(OSError):
             os.close(files.pop(key))
 
@@ -285,12 +297,8 @@ class locked:  # noqa: N801 - used like a function: ``with locked(...)``
         self.identifier = identifier
         self.shared = shared
         self.create = create
+        # The rest is set by enter() before _fd: nothing reads it while _fd is None.
         self._fd: int | None = None
-        self._own_fd = False  # a descriptor of its own, not the thread's cached one
-        self._key = ""
-        self._held: dict[str, tuple[bool]] = {}
-        self._local: _ThreadState | None = None
-        self._entry: tuple[bool] | None = None
 
     def __enter__(self) -> None:
         if not self.enter():  # pragma: no cover - a blocking enter waits until it holds it
@@ -315,19 +323,21 @@ class locked:  # noqa: N801 - used like a function: ``with locked(...)``
             )
             raise DaemonError(self.identifier, msg)
         fd = state.files.get(key)
-        if fd is None or os.fstat(fd).st_nlink == 0:
+        if fd is None or not self.shared or _monotonic() >= state.fresh.get(key, 0.0):
             fd = _cached_fd(self.path, self.identifier, create=self.create)
             if fd is None:
                 if not self.create:
                     return True
                 raise _missing_dir(self.path, self.identifier)
+            state.fresh[key] = _monotonic() + _RECHECK_AFTER
         # From here on this object answers for the lock, taken or not yet: an
         # interrupt anywhere below leaves it to __exit__ or __del__ to unlock
         # (unlocking a descriptor not locked yet is harmless).
-        self._key, self._held, self._local = key, state.held, state
-        self._fd = fd
         # A tuple made here: its identity tells this object's entry from another's.
         self._entry = entry = (self.shared,)
+        self._key, self._held, self._local = key, state.held, state
+        self._own_fd = False  # a descriptor of its own, not the thread's cached one
+        self._fd = fd  # last: _release() reads the others once this is set
         state.held[key] = entry
         token = _cancel.current() if blocking else None
         if token is None:

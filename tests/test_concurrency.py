@@ -15,6 +15,7 @@ and are released together once all of them are ready.
 from __future__ import annotations
 
 import itertools
+import os
 import socket
 import threading
 import time
@@ -241,6 +242,56 @@ def test_is_running_from_another_thread_waits_for_a_start(echo, tmp_path):
         start_thread.join(timeout=DEADLINE)
         if ask_thread.ident is not None:
             ask_thread.join(timeout=DEADLINE)
+        d.stop()
+
+
+@pytest.mark.parametrize("action", ["is_running", "start"])
+def test_a_lock_file_removed_and_recreated_is_the_one_locked(echo, action):
+    # A thread keeps its lock files open between calls. Once the file at the
+    # path is another one (removed, then created anew by someone who holds
+    # it), that thread must lock the new file: a start at once, a query within
+    # a few milliseconds (it looks again at most every 10 ms).
+    fcntl = pytest.importorskip("fcntl")
+    d = echo()
+    d.start()
+    d.stop()  # the lock file exists now
+    lock = d._target().files.lock
+    cached, go = threading.Event(), threading.Event()
+    outcome: list[object] = []
+
+    def worker() -> None:
+        d.is_running()  # the lock file is now open in this thread
+        cached.set()
+        go.wait(timeout=DEADLINE)
+        if action == "is_running":
+            time.sleep(0.05)
+            outcome.append(d.is_running())
+        else:
+            d.start()
+            outcome.append(d.read_pid())
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    fd = -1
+    try:
+        assert cached.wait(timeout=DEADLINE)
+        lock.unlink()
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        go.set()
+        thread.join(timeout=1.0)
+        assert thread.is_alive(), "the new lock file is held: the worker must wait for it"
+        assert outcome == []
+        os.close(fd)
+        fd = -1
+        thread.join(timeout=DEADLINE)
+        assert not thread.is_alive()
+        assert outcome == ([False] if action == "is_running" else [d.read_pid()])
+    finally:
+        go.set()
+        if fd >= 0:
+            os.close(fd)
+        thread.join(timeout=DEADLINE)
         d.stop()
 
 

@@ -301,8 +301,17 @@ class ExitHandle:
         return bool(mask)
 
     def exited(self) -> bool:
-        """Whether the process has exited (a zombie has)."""
-        return self._poll(0)
+        """Whether the process has exited (a zombie has).
+
+        The hot path of ``is_running()``: :meth:`_poll` inlined for one descriptor.
+        """
+        poller = select.poll()
+        poller.register(self._fd, select.POLLIN)  # a closed handle's -1: ValueError
+        events = poller.poll(0)
+        if events and events[0][1] & select.POLLNVAL:
+            msg = "exit handle's descriptor is not open"
+            raise ValueError(msg)
+        return bool(events)
 
     def fileno(self) -> int | None:
         """The pidfd, readable once the process has exited (``None`` once closed)."""
