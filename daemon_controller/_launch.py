@@ -56,6 +56,13 @@ class Launch:
         self.tracker = _tracking.Descendants(_tracking.new_marker())  # before the spawn
         self.proc: subprocess.Popen[bytes] | None = None
         self.output_file: IO[bytes] | None = None
+        self.recorded: int | None = None  # the PID named in the start record
+
+    def record(self, pid: int) -> None:
+        """Name ``pid`` in the start record, by a start time no clock step changes."""
+        if pid != self.recorded:
+            _record.update(self.target.files.record, _record.of(self.tracker.marker, pid))
+            self.recorded = pid
 
     def write_pid_file(self, pid: int) -> None:
         """Write the PID file of a daemon that wrote none (foreground, notify), once ready.

@@ -50,14 +50,12 @@ class Record:
         marker: The start's environment marker.
         pid: The daemon's PID, or the program's we spawned; ``None`` before the spawn.
         stamp: When that process started (``_platform.start_stamp``).
-        ready: Whether the start finished (the daemon answered).
         boot: The boot the record was made in.
     """
 
     marker: str
     pid: int | None = None
     stamp: int | None = None
-    ready: bool = False
     boot: str = field(default_factory=_platform.boot_id)
 
     def names(self, pid: int) -> bool:
@@ -70,9 +68,9 @@ class Record:
         )
 
 
-def of(marker: str, pid: int, *, ready: bool = False) -> Record:
+def of(marker: str, pid: int) -> Record:
     """The record of process ``pid``, spawned by the start with ``marker``."""
-    return Record(marker, pid, _platform.start_stamp(pid), ready)
+    return Record(marker, pid, _platform.start_stamp(pid))
 
 
 def read(path: Path) -> Record | None:
@@ -92,7 +90,6 @@ def read(path: Path) -> Record | None:
             str(raw["marker"]),
             None if raw.get("pid") is None else int(raw["pid"]),
             None if raw.get("stamp") is None else int(raw["stamp"]),
-            bool(raw.get("ready", False)),
             str(raw.get("boot", "")),
         )
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
@@ -107,7 +104,7 @@ def write(path: Path, record: Record) -> None:
 
 
 def update(path: Path, record: Record) -> None:
-    """Rewrite the record this start wrote, in place: on the way to ``start()`` returning.
+    """Rewrite the record this start wrote, in place, once the daemon's PID is known.
 
     A rename over an existing file costs milliseconds on some disks; the start
     holds the daemon's exclusive lock, and every reader of the record takes

@@ -111,6 +111,7 @@ class Start:
                 pid = self._find_pid()
                 if pid is None:  # pragma: no cover - _find_pid raises once the PID is known
                     return None
+        self.launch.record(pid)  # while waiting: not on the way to start() returning
         if not self.readiness.ready(self.pid):
             if not self.exits.alive(pid):
                 self._died(pid)
@@ -346,9 +347,6 @@ class Start:
                 self._timed_out()
             if self.cfg.own_pid_file and self.pid is not None and not self.pid_written:
                 self.launch.write_pid_file(self.pid)  # the program names itself: we write it
-            if self.pid is not None:  # who it is, by a start time no clock step changes
-                marker = self.launch.tracker.marker
-                _record.update(self.target.files.record, _record.of(marker, self.pid, ready=True))
         except Failed as failure:
             self.launch.abort(self.pid, self.clock)
             raise self.launch.error(failure) from None
