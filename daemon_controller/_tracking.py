@@ -121,33 +121,44 @@ class Descendants:
         return False
 
     def alive(self) -> list[psutil.Process]:
-        """The tracked processes that still run (zombies do not; ours are reaped)."""
+        """The tracked processes that still run (zombies do not; ours are reaped).
+
+        One ``/proc/PID/stat`` read per process: ``psutil.Process`` reads the
+        creation time, and its status comes from the same file.
+        """
         living = []
         for pid, created in list(self.known.items()):
             try:
                 proc = psutil.Process(pid)
-                if abs(proc.create_time() - created) > 0.01 or not _process.is_alive(pid):  # noqa: PLR2004 - clock-tick tolerance
+                if abs(proc.create_time() - created) > 0.01:  # noqa: PLR2004 - clock-tick tolerance
+                    continue  # the PID was reused
+                if proc.status() == psutil.STATUS_ZOMBIE:
+                    _process.reap(pid)
                     continue
+            except psutil.NoSuchProcess:
+                _process.reap(pid)
+                continue
+            except psutil.AccessDenied:
+                pass  # it exists; we just may not look closer
             except psutil.Error:
                 continue
             living.append(proc)
         return living
 
-    def newest_alive(self) -> int | None:
-        """The most recently created living descendant (typically the daemon itself)."""
-        living = self.alive()
+    def newest(self, living: list[psutil.Process]) -> int | None:
+        """The most recently created of ``living`` (typically the daemon itself)."""
         if not living:
             return None
         return max(living, key=lambda proc: self.known.get(proc.pid, 0.0)).pid
 
-    def any_alive(self) -> bool:
-        """Whether any descendant may still run, after a fresh scan.
+    def survey(self) -> tuple[bool, list[psutil.Process]]:
+        """A fresh scan, then who still runs: (whether the scan was complete, the living).
 
-        ``True`` also when the scan could not read every candidate's environment:
-        "all exited" is only concluded when it is certain.
+        An incomplete scan (some candidate's environment could not be read)
+        means "all exited" cannot be concluded, whatever the living list says.
         """
         complete = self.scan()
-        return not complete or bool(self.alive())
+        return complete, self.alive()
 
     def terminate(
         self, grace: float, clock: Clock, hurry: Callable[[], bool] | None = None
@@ -255,11 +266,11 @@ class AllExitedWatch:
         elif since_scan < _MIN_SCAN_GAP:
             return False
         self._last_scan = now
-        alive = self.tracker.any_alive()
+        complete, living = self.tracker.survey()
         self._scan_spent += self.clock.now() - now
-        if alive:
+        if not complete or living:
             self._all_gone_since = None
-            self.watched = self.tracker.newest_alive()
+            self.watched = self.tracker.newest(living)
             return False
         self.watched = None
         if self._all_gone_since is None:
