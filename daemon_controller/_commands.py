@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
@@ -127,6 +126,8 @@ def run(config: DaemonConfig, command: Command, timeout: float | None) -> Comman
     its process group; ``None`` waits as long as it runs.
     """
     args, shell = popen_args(command)
+    import tempfile  # noqa: PLC0415 - import time, see _files.atomic_write
+
     with tempfile.TemporaryFile() as out:
         try:
             proc = subprocess.Popen(

@@ -27,7 +27,6 @@ import errno
 import os
 import re
 import stat
-import tempfile
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -323,6 +322,8 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:
     Raises:
         OSError: The directory is missing or not writable.
     """
+    import tempfile  # noqa: PLC0415 - with shutil, lzma and bz2: 5 ms of import time
+
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         if hasattr(os, "fchmod"):

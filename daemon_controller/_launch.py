@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-import tempfile
 from typing import IO, TYPE_CHECKING
 
 from . import _commands, _interrupts, _pidfile, _platform, _process, _record, _tracking
@@ -102,6 +101,8 @@ class Launch:
                 )
                 raise StartError(self.name, msg, ran=False) from err
         else:
+            import tempfile  # noqa: PLC0415 - import time, see _files.atomic_write
+
             self.output_file = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close_output()
             stdout = self.output_file
         try:

@@ -12,11 +12,9 @@ from __future__ import annotations
 import array
 import contextlib
 import os
-import shutil
 import socket
 import struct
 import sys
-import tempfile
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -58,6 +56,8 @@ class NotifySocket:
                 self._sock.bind("\0" + name)
                 self.address = "@" + name
             else:  # pragma: no cover - macOS and the BSDs
+                import tempfile  # noqa: PLC0415 - import time: only here
+
                 self._dir = tempfile.mkdtemp(prefix="notify-", dir=runtime_dir())
                 self.address = os.path.join(self._dir, "notify")  # noqa: PTH118 - a str for bind()
                 self._sock.bind(self.address)
@@ -91,6 +91,8 @@ class NotifySocket:
         """Close the socket (and remove its file, where it has one)."""
         self._sock.close()
         if self._dir is not None:
+            import shutil  # noqa: PLC0415 - import time: only here
+
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
 

@@ -9,7 +9,6 @@ import select
 import signal
 import stat
 import sys
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -229,6 +228,8 @@ def runtime_dir() -> Path:
     if xdg and Path(xdg).is_dir():
         path = Path(xdg) / "daemon-controller"
     else:
+        import tempfile  # noqa: PLC0415 - with shutil, lzma and bz2: 5 ms of import time
+
         path = Path(tempfile.gettempdir()) / f"daemon-controller-{os.getuid()}"
     path.mkdir(mode=0o700, exist_ok=True)
     info = path.lstat()

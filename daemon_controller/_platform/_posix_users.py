@@ -11,7 +11,6 @@ import contextlib
 import os
 import stat
 import sys
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -135,6 +134,8 @@ def user_runtime_dir(user: str | None) -> Path:
     ids = user_ids(user)
     if ids is None:
         return runtime_dir()
+    import tempfile  # noqa: PLC0415 - import time, see _posix.runtime_dir
+
     path = Path(tempfile.gettempdir()) / f"daemon-controller-{ids[0]}"
     with contextlib.suppress(FileExistsError):
         path.mkdir(mode=0o700)

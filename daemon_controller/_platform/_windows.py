@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -193,6 +192,8 @@ def wait_exit(pid: int, timeout: float) -> bool | None:
 
 def runtime_dir() -> Path:
     """A per-user directory for PID, lock and log files we choose ourselves."""
+    import tempfile  # noqa: PLC0415 - import time, as on POSIX
+
     base = os.environ.get("LOCALAPPDATA") or tempfile.gettempdir()
     path = Path(base) / "daemon-controller"
     path.mkdir(exist_ok=True)
