@@ -350,7 +350,12 @@ def connect(target: StartTarget, function: Callable[[], T | None]) -> T:
     # (even for the shared lock) is waiting for that start, and shares its failure.
     since = _failures.now()
     with _lock.locked(target.files.lock, target.name, shared=True):
-        result, _ = _attempt(function)
+        try:  # _attempt(), inlined: this is the hot path of every connect()
+            result = function()
+        except OSError as err:
+            if not is_connect_error(err):
+                raise
+            result = None
     if result is not None:
         return result
     result, error = _start_and_connect(target, function, since)

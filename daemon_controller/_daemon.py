@@ -362,4 +362,4 @@ class Daemon(AsyncActions, Instances, Readiness):
             ConnectError: Still no connection after starting the daemon.
             StartError: The daemon had to be started and failed.
         """
-        return _actions.connect(self._start_target(), function)
+        return _actions.connect(self._start_cache or self._start_target(), function)

@@ -171,28 +171,43 @@ def acquire(path: Path, identifier: str, *, shared: bool, blocking: bool = True)
     return held
 
 
-class _OpenFiles(dict[str, int]):
-    """path -> fd of the lock files one thread keeps open; closed with the thread."""
+class _Slot:
+    """One lock file as one thread keeps it: the open file, and who holds a lock on it."""
+
+    __slots__ = ("entry", "fd", "fresh_until")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        #: Until when (monotonic) a shared lock may skip asking whether the
+        #: file is still the one at its path.
+        self.fresh_until = _monotonic() + _RECHECK_AFTER
+        #: The holding ``locked``'s entry, ``(shared?,)``: a tuple of its own,
+        #: whose identity tells that ``locked`` from any other; ``None``: free.
+        self.entry: tuple[bool] | None = None
+
+
+class _OpenFiles(dict[str, _Slot]):
+    """path -> the lock files one thread keeps open; closed with the thread."""
 
     def __del__(self) -> None:
-        for fd in self.values():
+        for slot in self.values():
             with contextlib.suppress(OSError):
-                os.close(fd)
+                os.close(slot.fd)
 
 
 class _ThreadState(threading.local):
     def __init__(self) -> None:
-        # Lock files this thread keeps open (closed when the thread ends).
-        self.files: dict[str, int] = _OpenFiles()
-        # path -> (shared?,): the locks this thread holds now; each entry a
-        # tuple of its own, which tells the ``locked`` holding it.
-        self.held: dict[str, tuple[bool]] = {}
-        # path -> until when (monotonic) a shared lock may skip asking
-        # whether the cached file is still the one at the path.
-        self.fresh: dict[str, float] = {}
+        # Lock files this thread keeps open (closed when the thread ends), and
+        # the locks it holds on them: one dictionary look-up finds both.
+        self.files: dict[str, _Slot] = _OpenFiles()
 
 
 _state = _ThreadState()
+
+
+def held() -> dict[str, bool]:
+    """The lock files this thread holds a lock on now: path -> whether shared."""
+    return {key: slot.entry[0] for key, slot in _state.files.items() if slot.entry is not None}
 
 
 def _forget_after_fork() -> None:
@@ -220,18 +235,20 @@ def _make_room(state: _ThreadState) -> None:
     Files this thread holds a lock on stay open.
     """
     files = state.files
-    idle = [key for key in files if key not in state.held]
-    drop = [key for key in idle if _deleted(files[key])]
+    idle = [key for key, slot in files.items() if slot.entry is None]
+    drop = [key for key in idle if _deleted(files[key].fd)]
     if len(files) - len(drop) >= _MAX_OPEN:
         drop += [key for key in idle if key not in drop][: len(files) - len(drop) - _MAX_OPEN + 1]
     for key in drop:
-        state.fresh.pop(key, None)
         with contextlib.suppress(OSError):
-            os.close(files.pop(key))
+            os.close(files.pop(key).fd)
 
 
-def _cached_fd(path: Path, identifier: str, *, create: bool = True) -> int | None:
-    """This thread's open descriptor for ``path`` (``None``: it, or its directory, is missing)."""
+def _cached_slot(path: Path, identifier: str, *, create: bool = True) -> _Slot | None:
+    """This thread's open lock file at ``path``, checked; ``None``: it or its directory is missing.
+
+    Not for a file this thread holds a lock on: that one is not replaced.
+    """
     state = _state
     files = state.files
     key = str(path)
@@ -239,18 +256,19 @@ def _cached_fd(path: Path, identifier: str, *, create: bool = True) -> int | Non
     if cached is not None:
         # Still the file at that path? A deleted lock file (st_nlink 0) must not
         # be locked any more: others lock the new file at the same path.
-        if not _deleted(cached):
+        if not _deleted(cached.fd):
+            cached.fresh_until = _monotonic() + _RECHECK_AFTER
             return cached
         del files[key]
         with contextlib.suppress(OSError):
-            os.close(cached)
+            os.close(cached.fd)
     fd = _open(path, identifier, create=create)
     if fd is None:
         return None
     if len(files) >= _MAX_OPEN:
         _make_room(state)
-    files[key] = fd
-    return fd
+    files[key] = slot = _Slot(fd)
+    return slot
 
 
 class locked:  # noqa: N801 - used like a function: ``with locked(...)``
@@ -279,26 +297,15 @@ class locked:  # noqa: N801 - used like a function: ``with locked(...)``
             exclusive lock while holding the shared one (which would deadlock).
     """
 
-    __slots__ = (
-        "_entry",
-        "_fd",
-        "_held",
-        "_key",
-        "_local",
-        "_own_fd",
-        "create",
-        "identifier",
-        "path",
-        "shared",
-    )
+    __slots__ = ("_entry", "_local", "_own_fd", "_slot", "create", "identifier", "path", "shared")
 
     def __init__(self, path: Path, identifier: str, *, shared: bool, create: bool = True) -> None:
         self.path = path
         self.identifier = identifier
         self.shared = shared
         self.create = create
-        # The rest is set by enter() before _fd: nothing reads it while _fd is None.
-        self._fd: int | None = None
+        # The rest is set by enter() before _slot: nothing reads it while _slot is None.
+        self._slot: _Slot | None = None
 
     def __enter__(self) -> None:
         if not self.enter():  # pragma: no cover - a blocking enter waits until it holds it
@@ -310,11 +317,10 @@ class locked:  # noqa: N801 - used like a function: ``with locked(...)``
 
         A lock this thread already holds strongly enough counts as taken by us.
         """
-        key = str(self.path)
         state = _state
-        current = state.held.get(key)
-        if current is not None:
-            if self.shared or not current[0]:
+        slot = state.files.get(str(self.path))
+        if slot is not None and slot.entry is not None:
+            if self.shared or not slot.entry[0]:
                 return True  # already held, strongly enough, by this very thread
             msg = (
                 f"Daemon '{self.identifier}': cannot start or stop it from code that runs "
@@ -322,29 +328,26 @@ class locked:  # noqa: N801 - used like a function: ``with locked(...)``
                 "connect()); that would wait for itself forever."
             )
             raise DaemonError(self.identifier, msg)
-        fd = state.files.get(key)
-        if fd is None or not self.shared or _monotonic() >= state.fresh.get(key, 0.0):
-            fd = _cached_fd(self.path, self.identifier, create=self.create)
-            if fd is None:
+        if slot is None or not self.shared or _monotonic() >= slot.fresh_until:
+            slot = _cached_slot(self.path, self.identifier, create=self.create)
+            if slot is None:
                 if not self.create:
                     return True
                 raise _missing_dir(self.path, self.identifier)
-            state.fresh[key] = _monotonic() + _RECHECK_AFTER
         # From here on this object answers for the lock, taken or not yet: an
         # interrupt anywhere below leaves it to __exit__ or __del__ to unlock
         # (unlocking a descriptor not locked yet is harmless).
-        # A tuple made here: its identity tells this object's entry from another's.
         self._entry = entry = (self.shared,)
-        self._key, self._held, self._local = key, state.held, state
-        self._own_fd = False  # a descriptor of its own, not the thread's cached one
-        self._fd = fd  # last: _release() reads the others once this is set
-        state.held[key] = entry
+        self._own_fd: int | None = None  # a descriptor of its own, once waited for on one
+        self._local = state
+        self._slot = slot  # last but one: _release() reads the others once this is set
+        slot.entry = entry
         token = _cancel.current() if blocking else None
         if token is None:
-            if not _platform.lock_fd(fd, shared=self.shared, blocking=blocking):
+            if not _platform.lock_fd(slot.fd, shared=self.shared, blocking=blocking):
                 self._release()
                 return False
-        elif not _platform.lock_fd(fd, shared=self.shared, blocking=False):
+        elif not _platform.lock_fd(slot.fd, shared=self.shared, blocking=False):
             self._wait_cancellable(token)
         return True
 
@@ -354,39 +357,37 @@ class locked:  # noqa: N801 - used like a function: ``with locked(...)``
         On a descriptor of our own: the thread's cached one is never handed
         to the helper thread that waits.
         """
-        key, entry = self._key, self._entry
-        self._fd = None  # the cached descriptor was not locked: nothing to undo there
         try:
             own = _open(self.path, self.identifier)
             if own is None:
                 raise _missing_dir(self.path, self.identifier)  # noqa: TRY301 - undone below too
             _lock_wait.lock_cancellable(own, shared=self.shared, token=token)  # closes it on errors
         except BaseException:
-            if self._held.get(key) is entry:
-                del self._held[key]
+            self._release()  # the cached descriptor was not locked: only the entry to undo
             raise
-        self._fd, self._own_fd = own, True
+        self._own_fd = own
 
     def _release(self, *exc_info: object) -> None:  # noqa: ARG002 - also __exit__
         # Whatever line an interrupt stops this at, calling it again (from
         # __del__) finishes the job, and never unlocks a lock taken since by
-        # another object on the same descriptor: the thread's entry must still
+        # another object on the same descriptor: the slot's entry must still
         # be this object's.
-        fd = self._fd
-        if fd is None:
+        slot = self._slot
+        if slot is None:
             return
-        if self._held.get(self._key) is self._entry:
-            if self._own_fd:  # waited for on a descriptor of our own: unlock and close it
-                self._own_fd = False
-                _lock_wait.let_go(fd, locked=True)
+        if slot.entry is self._entry:
+            own = self._own_fd
+            if own is not None:  # waited for on a descriptor of our own: unlock and close it
+                self._own_fd = None
+                _lock_wait.let_go(own, locked=True)
             elif self._local is _state:  # not a forked child's copy of the parent's lock
-                _platform.unlock_fd(fd)
-            del self._held[self._key]
-        self._fd = None
+                _platform.unlock_fd(slot.fd)
+            slot.entry = None
+        self._slot = None
 
     __exit__ = _release
 
     def __del__(self) -> None:
-        if self._fd is not None:  # checked first: this runs after every is_running()
+        if self._slot is not None:  # checked first: this runs after every is_running()
             with contextlib.suppress(OSError, ValueError):
                 self._release()

@@ -313,8 +313,8 @@ for scenario in (block, start_stop, query):
         for path in (files.lock, files.users):
             if held(path):
                 leaks.append(f"{where}: {path.name} still locked")
-        if _lock._state.held:
-            leaks.append(f"{where}: this thread believes it holds {_lock._state.held}")
+        if _lock.held():
+            leaks.append(f"{where}: this thread believes it holds {_lock.held()}")
         clean_up()
         if not interrupted:
             break
