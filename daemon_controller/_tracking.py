@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import psutil
 
-from . import _process
+from . import _platform, _process
 from ._errors import hide_frames
 from ._waiting import Clock, Deadline
 
@@ -55,22 +55,52 @@ def new_marker() -> str:
     return os.urandom(16).hex()  # (uuid would import platform: 4 ms)
 
 
+def _handed_out(pid: int, since: int, until: int) -> bool:
+    """Whether the kernel handed out ``pid`` after ``since`` and up to ``until`` (wrapping)."""
+    if since <= until:
+        return since < pid <= until
+    return pid > since or pid <= until
+
+
 class Descendants:
     """The processes created by one start command, found by marker and parentage.
 
     Made *before* the command is spawned: every PID that exists at that moment
     is not a descendant, so a scan only looks at processes that appeared since
     (on a busy machine, a handful), and each of them only once.
+
+    Except that a PID is not a process. One that existed before the spawn, or
+    belonged to a stranger, may be handed out again to a process of the start
+    once its first owner has exited: with ``pid_max`` at 32768 and a busy
+    machine, a few seconds after the counter wrapped. Skipped as "old", that
+    descendant would be left running by an abort. So a PID stops counting as
+    old once its process is gone from a scan's listing, or once the kernel's
+    PID counter (Linux) has passed it since the last look.
     """
 
     def __init__(self, marker: str) -> None:
         self.marker = marker
         # pid -> creation time; the creation time tells a reused PID apart.
         self.known: dict[int, float] = {}
+        self._counter = _platform.last_pid()  # first: a PID handed out after it is new
         self.before = set(psutil.pids())
         self.strangers: set[int] = set()
         #: The last scan met a candidate caught in ``exec()``: look again soon.
         self.pending = False
+
+    def _listing(self) -> set[int]:
+        """The PIDs that exist now; old ones handed out again since the last look are new."""
+        counter = _platform.last_pid()  # before the listing, as in __init__
+        pids = set(psutil.pids())
+        self.before &= pids  # gone: if that PID comes back, it is somebody new
+        self.strangers &= pids
+        since, self._counter = self._counter, counter
+        if since is not None and counter is not None and since != counter:
+            old = self.before | self.strangers
+            again = {pid for pid in old if _handed_out(pid, since, counter)}
+            self.before -= again
+            self.strangers -= again
+        return pids
 
     def adopt(self, pid: int) -> None:
         """Track ``pid`` too (a PID file's process that may have cleared its environment).
@@ -92,8 +122,8 @@ class Descendants:
         """
         complete = True
         self.pending = False
-        skip = self.before
-        for pid in sorted(set(psutil.pids()) - skip - self.strangers - self.known.keys()):
+        pids = self._listing()
+        for pid in sorted(pids - self.before - self.strangers - self.known.keys()):
             try:
                 proc = psutil.Process(pid)
                 ours = self._ours(proc)

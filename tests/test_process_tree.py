@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
 
 import pytest
 from adversary import posix_only, script
 from helpers import MARKER, gone, marked, wait_until
 
-from daemon_controller import Daemon, StopTimeout
+from daemon_controller import Daemon, StartError, StopTimeout
 
 _FORKING = """
 import os, signal, socket, sys, time
@@ -107,5 +110,116 @@ def test_a_worker_obeying_sigterm_is_stopped_with_the_daemon(tmp_path, test_id, 
         assert gone(worker)
         assert marked(test_id) == []
     finally:
+        for pid in marked(test_id):
+            os.kill(pid, signal.SIGKILL)
+
+
+# -- a PID handed out again -------------------------------------------------------------------
+
+_LAST_PID = "/proc/sys/kernel/ns_last_pid"
+
+_ON_A_REUSED_PID = """
+import os, sys, time
+bystander, flags = int(sys.argv[1]), sys.argv[2]
+
+def flag(name, text=""):
+    with open(os.path.join(flags, name), "w") as f:
+        f.write(text)
+
+flag("spawned")  # the bystander still runs: it was there when the start began
+while not os.path.exists(os.path.join(flags, "reaped")):
+    time.sleep(0.005)
+for _ in range(50):  # the kernel hands out ns_last_pid + 1 next (somebody may come first)
+    with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+        f.write(str(bystander - 1))
+    child = os.fork()
+    if child == 0:
+        if os.getpid() != bystander:
+            os._exit(0)
+        os.setsid()
+        flag("daemon", str(os.getpid()))
+        while True:  # no PID file, no port: the start runs out of time and is aborted
+            time.sleep(0.1)
+    if child == bystander:
+        break
+    os.waitpid(child, 0)
+"""
+
+
+def _pid_ahead(distance: int) -> subprocess.Popen[bytes]:
+    """A process whose PID lies ``distance`` ahead of the kernel's PID counter.
+
+    The counter is then put back, so the PIDs handed out next come before
+    the bystander's: the kernel reaches its PID again only once the counter
+    has moved on that far, as on a busy machine after the counter wrapped.
+    """
+    counter = int(Path(_LAST_PID).read_text())
+    pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+    target = counter + distance
+    if target >= pid_max:
+        target = target - pid_max + 301  # PIDs wrap to 300
+    for _ in range(50):
+        Path(_LAST_PID).write_text(str(target - 1))
+        proc = subprocess.Popen(["sleep", "120"])
+        Path(_LAST_PID).write_text(str(counter))
+        if proc.pid == target:
+            return proc
+        proc.kill()
+        proc.wait()
+    pytest.skip("other processes kept taking the PID chosen for the bystander")
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or os.geteuid() != 0,
+    reason="placing a process on a chosen PID takes Linux's ns_last_pid, as root",
+)
+def test_a_daemon_on_a_pid_that_existed_before_the_start_is_still_aborted(tmp_path, test_id, port):
+    # The scan for what a start created skips the PIDs that existed before
+    # it. Here the bystander exits, and the kernel's PID counter moves on to
+    # its PID (as if 5,000 processes had been created meanwhile) and hands it
+    # to the start's daemon.
+    bystander = _pid_ahead(5000)
+    program = script(tmp_path, "reused.py", _ON_A_REUSED_PID)
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    daemon = (
+        Daemon("reused")
+        .start_with([sys.executable, str(program), str(bystander.pid), str(flags)])
+        .ping_tcp("127.0.0.1", port)
+        .pid(tmp_path / "d.pid")
+        .log(tmp_path / "d.log")
+        .start_timeout(3)
+        .log_activity_timeout(30)
+        .env({MARKER: test_id})
+    )
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            daemon.start()
+        except BaseException as err:  # handed to the test thread
+            errors.append(err)
+
+    starter = threading.Thread(target=start)
+    starter.start()
+    try:
+        assert wait_until((flags / "spawned").exists)
+        bystander.kill()
+        bystander.wait()  # reaped: its PID is free
+        (flags / "reaped").touch()
+        starter.join(timeout=30)
+        assert not starter.is_alive()
+        daemon_flag = flags / "daemon"
+        if not daemon_flag.exists():
+            pytest.skip("another process took the freed PID first")
+        assert int(daemon_flag.read_text()) == bystander.pid
+        assert len(errors) == 1
+        assert isinstance(errors[0], StartError), errors
+        assert marked(test_id) == [], "the daemon on the reused PID was left running"
+    finally:
+        (flags / "reaped").touch()
+        starter.join(timeout=30)
+        bystander.kill()
+        bystander.wait()
         for pid in marked(test_id):
             os.kill(pid, signal.SIGKILL)

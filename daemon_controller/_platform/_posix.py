@@ -190,6 +190,19 @@ def boot_id() -> str:
         return ""
 
 
+def last_pid() -> int | None:
+    """The PID the kernel handed out last (Linux: ``ns_last_pid``); ``None`` elsewhere.
+
+    PIDs are handed out in increasing order, wrapping at ``pid_max`` (32768
+    on many machines): the PIDs between two readings were given to processes
+    created in between, whether or not a process had that PID before.
+    """
+    try:
+        return int(Path("/proc/sys/kernel/ns_last_pid").read_bytes())
+    except (OSError, ValueError):
+        return None
+
+
 def wait_exit(pid: int, timeout: float) -> bool | None:
     """Block until ``pid`` exits, for at most ``timeout`` seconds, as an event.
 

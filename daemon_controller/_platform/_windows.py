@@ -169,6 +169,11 @@ def boot_id() -> str:
     return ""
 
 
+def last_pid() -> int | None:
+    """Windows does not hand out PIDs in order: nothing to read."""
+    return None
+
+
 def wait_exit(pid: int, timeout: float) -> bool | None:
     """Block until ``pid`` exits, for at most ``timeout`` seconds (WaitForSingleObject).
 
