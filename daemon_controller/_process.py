@@ -76,17 +76,37 @@ def reap_all() -> None:
         reap(pid)
 
 
+def is_zombie(proc: psutil.Process) -> bool:
+    """Whether the process has exited and only waits to be reaped.
+
+    Its status alone does not tell: once the main thread has exited, the
+    process reads as a zombie while its other threads still run (a server
+    whose main thread called ``pthread_exit()``, or one whose threads are
+    still being torn down after SIGTERM) and hold its files and sockets open.
+    It is a zombie only when no other thread is left.
+
+    Raises:
+        psutil.Error: As ``status()`` does.
+    """
+    if proc.status() != psutil.STATUS_ZOMBIE:
+        return False
+    try:
+        return proc.num_threads() <= 1
+    except psutil.Error:
+        return True
+
+
 def is_alive(pid: int) -> bool:
     """Whether ``pid`` exists and is not a zombie (a zombie child of ours is reaped)."""
     try:
-        status = psutil.Process(pid).status()
+        zombie = is_zombie(psutil.Process(pid))
     except psutil.NoSuchProcess:
         reap(pid)
         return False
     except psutil.AccessDenied:
         # It exists; we just may not look closer (other user, hardened /proc).
         return True
-    if status == psutil.STATUS_ZOMBIE:
+    if zombie:
         reap(pid)
         return False
     return True

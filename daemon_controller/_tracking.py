@@ -162,7 +162,7 @@ class Descendants:
                 proc = psutil.Process(pid)
                 if abs(proc.create_time() - created) > 0.01:  # noqa: PLR2004 - clock-tick tolerance
                     continue  # the PID was reused
-                if proc.status() == psutil.STATUS_ZOMBIE:
+                if _process.is_zombie(proc):
                     _process.reap(pid)
                     continue
             except psutil.NoSuchProcess:

@@ -47,10 +47,24 @@ TESTS_DIR = Path(__file__).resolve().parent
 # -- processes -------------------------------------------------------------------------------
 
 
+def exited(proc: psutil.Process) -> bool:
+    """Whether ``proc`` is a zombie: exited, with no thread left running.
+
+    A process whose main thread has exited reads as a zombie while its other
+    threads still run and hold its sockets: that one has not exited.
+    """
+    if proc.status() != psutil.STATUS_ZOMBIE:
+        return False
+    try:
+        return proc.num_threads() <= 1
+    except psutil.Error:
+        return True
+
+
 def gone(pid: int) -> bool:
     """Whether ``pid`` has exited (a zombie waiting for PID 1 counts as exited)."""
     try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        return exited(psutil.Process(pid))
     except psutil.NoSuchProcess:
         return True
 
@@ -77,7 +91,7 @@ def marked_processes(marker: str) -> list[psutil.Process]:
         if proc.pid == os.getpid():
             continue
         try:
-            if proc.status() == psutil.STATUS_ZOMBIE:
+            if exited(proc):
                 continue
             if proc.environ().get(MARKER) == marker:
                 found.append(proc)
@@ -111,7 +125,7 @@ def leftovers(marker: str, width: int = 120) -> list[str]:
         if proc.pid == os.getpid():
             continue
         with contextlib.suppress(psutil.Error):
-            if proc.status() == psutil.STATUS_ZOMBIE:
+            if exited(proc):
                 continue
             text = " ".join(proc.cmdline())
             with contextlib.suppress(psutil.Error):

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from adversary import posix_only, script
 from helpers import MARKER, gone, marked, wait_until
@@ -221,5 +223,88 @@ def test_a_daemon_on_a_pid_that_existed_before_the_start_is_still_aborted(tmp_pa
         starter.join(timeout=30)
         bystander.kill()
         bystander.wait()
+        for pid in marked(test_id):
+            os.kill(pid, signal.SIGKILL)
+
+
+# -- a main thread that exits first ----------------------------------------------------------
+
+_MAIN_THREAD_EXITS = """
+import ctypes, os, signal, socket, sys, threading, time
+port, pid_file = int(sys.argv[1]), sys.argv[2]
+if os.fork():
+    os._exit(0)
+os.setsid()
+if os.fork():
+    os._exit(0)
+listener = socket.create_server(("127.0.0.1", port))
+
+def serve():
+    while True:
+        conn, _ = listener.accept()
+        conn.close()
+
+threading.Thread(target=serve).start()
+with open(pid_file + ".tmp", "w") as f:
+    f.write(f"{os.getpid()}\\n")
+os.rename(pid_file + ".tmp", pid_file)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)  # only SIGKILL ends it
+time.sleep(0.2)
+# From here on the process reads as a zombie ("Z" in /proc/PID/stat) while
+# its server thread runs and holds the port.
+ctypes.CDLL(None).pthread_exit(None)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pthread_exit via glibc")
+def test_a_daemon_whose_main_thread_exited_is_still_running(tmp_path, test_id, port):
+    # psutil calls such a process a zombie; it is not one until no thread is left.
+    program = script(tmp_path, "threads.py", _MAIN_THREAD_EXITS)
+    pid_file = tmp_path / "d.pid"
+    daemon = (
+        Daemon("threads")
+        .start_with([sys.executable, str(program), str(port), str(pid_file)])
+        .ping_tcp("127.0.0.1", port)
+        .pid(pid_file)
+        .log(tmp_path / "d.log")
+        .stop_timeout(1)
+        .env({MARKER: test_id})
+    )
+    another_controller = (
+        "import sys; from daemon_controller import Daemon\n"
+        f"d = Daemon('threads').start_with('true').ping_tcp('127.0.0.1', {port})"
+        f".pid({str(pid_file)!r}).log({str(tmp_path / 'd.log')!r})\n"
+        "print(d.is_running())"
+    )
+
+    def controller() -> str:
+        return subprocess.run(
+            [sys.executable, "-c", another_controller],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout.strip()
+
+    try:
+        daemon.start()
+        pid = daemon.read_pid()
+        assert pid is not None
+        assert wait_until(lambda: psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+        assert psutil.Process(pid).num_threads() == 2
+        # A controller that never saw the daemon before (no exit handle yet):
+        assert controller() == "True"
+        assert pid_file.exists()  # not removed as stale
+        assert daemon.is_running()
+        with pytest.raises(StopTimeout):  # SIGTERM ignored: SIGKILL at stop_timeout
+            daemon.stop()
+        assert gone(pid)
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        daemon.start()  # the port is free again
+        with pytest.raises(StopTimeout):
+            daemon.stop()
+        assert marked(test_id) == []
+    finally:
         for pid in marked(test_id):
             os.kill(pid, signal.SIGKILL)

@@ -107,10 +107,18 @@ def leads_session(pid: int) -> bool:
 
 
 def group_alive(pgid: int) -> bool:
-    """Whether any process of group ``pgid`` is still running (zombies are not)."""
+    """Whether any process of group ``pgid`` is still running (zombies are not).
+
+    A process whose main thread has exited reads as a zombie while its other
+    threads run: it counts as running until no thread is left (as in
+    ``_process.is_zombie``, which this layer cannot import).
+    """
     for pid in psutil.pids():
         try:
-            if os.getpgid(pid) == pgid and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+            if os.getpgid(pid) != pgid:
+                continue
+            proc = psutil.Process(pid)
+            if proc.status() != psutil.STATUS_ZOMBIE or proc.num_threads() > 1:
                 return True
         except (OSError, psutil.Error):
             continue

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from helpers import gone, wait_until
+from helpers import exited, gone, wait_until
 
 REQUIRE_ENV = "DAEMON_CONTROLLER_REQUIRE_DAEMONS"
 _HERE = Path(__file__).parent
@@ -175,14 +175,14 @@ class Procs:
         for pid in self.pids:
             with contextlib.suppress(psutil.Error):
                 proc = psutil.Process(pid)
-                if proc.status() != psutil.STATUS_ZOMBIE:
+                if not exited(proc):
                     found[pid] = proc
         if self.dirs:
             for proc in psutil.process_iter(["pid"]):
                 if proc.pid in found or proc.pid == os.getpid():
                     continue
                 try:
-                    if proc.status() == psutil.STATUS_ZOMBIE:
+                    if exited(proc):
                         continue
                     text = " ".join(proc.cmdline())
                     with contextlib.suppress(psutil.Error):
