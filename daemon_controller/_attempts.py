@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from . import _ports, _prepare, _templates
 from ._errors import StartError, StartTimeout, hide_frames
+from ._probes import address_holder
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -58,32 +59,9 @@ def port_taken(error: StartError, port: int) -> bool:
     return _ports.says_address_in_use(error.output, error.log) or not _ports.is_free(port)
 
 
-def _holder(port: int) -> str | None:
-    """Who has ``port``: a listener, else a connection using it (an outgoing one usually).
-
-    Best effort through psutil, like ``_probes.holder``; a socket that is
-    bound but neither listening nor connected is invisible to it.
-    """
-    import psutil  # noqa: PLC0415 - only a start that ran out of ports gets here
-
-    try:
-        connections = psutil.net_connections(kind="inet")
-    except (psutil.Error, OSError):
-        return None
-    mine = [c for c in connections if c.laddr and c.laddr[1] == port and c.pid]
-    mine.sort(key=lambda c: c.status != psutil.CONN_LISTEN)
-    for conn in mine:
-        try:
-            name = psutil.Process(conn.pid).name()
-        except psutil.Error:
-            name = "?"
-        return f"PID {conn.pid} ({name})"
-    return None
-
-
 def _exhausted(target: StartTarget, tried: list[int], last: StartError) -> StartError:
     port = tried[-1]
-    who = _holder(port)
+    who = address_holder("inet", port, listening=False)  # the listener, else whoever uses it
     held = f"port {port} is held by {who}" if who else f"port {port} is taken"
     msg = (
         f"Daemon '{target.name}' failed to start: each of {len(tried)} ports chosen for it "

@@ -357,21 +357,38 @@ def holder(probe: Probe) -> str | None:
         kind, wanted = "unix", str(probe.path)
     else:
         return None
+    return address_holder(kind, wanted)
+
+
+def address_holder(kind: str, wanted: int | str, *, listening: bool = True) -> str | None:
+    """Which process has a port (``kind="inet"``) or a socket path (``"unix"``).
+
+    Args:
+        kind: ``"inet"`` or ``"unix"``.
+        wanted: The port, or the socket's path.
+        listening: Only a listener counts on a port; ``False``: a listener
+            if there is one, else a connection using the port (usually an
+            outgoing one).
+    """
     try:
         connections = psutil.net_connections(kind=kind)
     except (psutil.Error, OSError):
         return None
+    found = []
     for conn in connections:
         address: Any = conn.laddr  # a path for unix sockets, (ip, port) for inet
-        matches = (
-            address == wanted
-            if kind == "unix"
-            else bool(address) and address[1] == wanted and conn.status == psutil.CONN_LISTEN
-        )
-        if matches and conn.pid:
-            try:
-                name = psutil.Process(conn.pid).name()
-            except psutil.Error:
-                name = "?"
-            return f"PID {conn.pid} ({name})"
-    return None
+        if not conn.pid or not address:
+            continue
+        if kind == "unix":
+            if address == wanted:
+                found.append(conn)
+        elif address[1] == wanted and (conn.status == psutil.CONN_LISTEN or not listening):
+            found.append(conn)
+    if not found:
+        return None
+    conn = min(found, key=lambda c: c.status != psutil.CONN_LISTEN)  # a listener first
+    try:
+        name = psutil.Process(conn.pid).name()
+    except psutil.Error:
+        name = "?"
+    return f"PID {conn.pid} ({name})"
