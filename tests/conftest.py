@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from echo_server import ECHO_SERVER, echo_command
 from helpers import MARKER, Child, LockProbe, free_port, marked_processes
+from runtime_files import forget
 
 from daemon_controller import Daemon
 
@@ -64,6 +65,16 @@ def lock_probe():
 @pytest.fixture
 def port() -> int:
     return free_port()
+
+
+@pytest.fixture
+def daemons():
+    """Daemons to stop and forget after the test, whatever happened."""
+    made: list[Daemon] = []
+    yield made
+    for daemon in made:
+        daemon.stop()
+        forget(daemon)
 
 
 class EchoFactory:

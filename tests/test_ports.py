@@ -36,16 +36,6 @@ from daemon_controller._attempts import ATTEMPTS
 from daemon_controller._probes import PingUnusable
 
 
-@pytest.fixture
-def daemons():
-    """Daemons to stop and forget after the test, whatever happened."""
-    made: list[Daemon] = []
-    yield made
-    for daemon in made:
-        daemon.stop()
-        forget(daemon)
-
-
 def _listener(port: int) -> socket.socket:
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

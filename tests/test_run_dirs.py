@@ -35,16 +35,6 @@ from daemon_controller import ConfigError, Daemon, StartError, _platform, load
 from daemon_controller._toml import load_project
 
 
-@pytest.fixture
-def daemons():
-    """Daemons to stop and forget after the test, whatever happened."""
-    made: list[Daemon] = []
-    yield made
-    for daemon in made:
-        daemon.stop()
-        forget(daemon)
-
-
 def run_dir_of(daemon: Daemon) -> Path:
     run_dir = daemon.resolved().config.run_dir
     assert isinstance(run_dir, Path)
